@@ -1,0 +1,37 @@
+# Two entry points: `make book` (full-size book in _build/html) and `make test` (unit tests + notebooks at
+# smoke size under nbval). Both create the virtual environment and install everything on first use.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ufkit-installed
+NBVAL_DIR := .nbval
+NOTEBOOKS := $(sort $(wildcard notebooks/*.py))
+
+.PHONY: install book test unit nbval clean
+
+# torch first and pinned: 2.13.0 is the CPU wheel on this machine's disk; an unpinned torch would pull a
+# multi-GB CUDA build. The package's own ranges then admit the installed torch and install nothing more.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[all]"
+	$(PY) -m pip check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+book: install
+	$(VENV)/bin/jupyter-book build .
+	test -f _build/html/index.html
+
+# Notebooks are py:percent files in git; nbval needs .ipynb, written (not committed) to .nbval/.
+nbval: install
+	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)
+	for nb in $(NOTEBOOKS); do \
+	  $(VENV)/bin/jupytext --quiet --to ipynb -o $(NBVAL_DIR)/$$(basename $${nb%.py}).ipynb $$nb || exit 1; done
+
+test: nbval
+	UFKIT_SMOKE=1 $(PY) -m pytest tests $(NBVAL_DIR) --nbval-lax --nbval-current-env -p no:cacheprovider
+
+clean:
+	rm -rf _build $(NBVAL_DIR)

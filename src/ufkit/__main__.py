@@ -1,0 +1,3 @@
+from ufkit.cli import main
+
+main()

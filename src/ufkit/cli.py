@@ -1,0 +1,190 @@
+"""The ``ufkit`` command line: ``ufkit finetune``, ``ufkit evaluate``, ``ufkit benchmark``.
+
+Bad input (an unknown model path, missing data, an unknown column, a bad batch size) ends with exit code 2
+and one line on standard error that names the argument: ``error: --batch-size must be ...``.
+``ufkit finetune`` runs unchanged under ``accelerate launch -m ufkit.cli finetune ...``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import UfkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="ufkit: make BERT-family encoders fast.")
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Hugging Face id or local folder (default: packaged MiniLM-L6-H384).")
+DataOpt = typer.Option(None, "--data", "-d", help="Local file/folder (TSV, CSV, JSONL) or hub dataset name (default: SST-2).")
+SubsetOpt = typer.Option(None, "--subset", help="Configuration of a hub dataset (e.g. 'sst2' for 'glue').")
+TextOpt = typer.Option("sentence", "--text-column", help="Column holding the text.")
+LabelOpt = typer.Option("label", "--label-column", help="Column holding the label.")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _errors_as_one_line(fn):
+    """Turn ufkit's input errors into exit code 2 and a one-line message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UfkitError as e:
+            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+    return wrapper
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UfkitError(f"{name} must be a positive integer, got {value}")
+
+
+def _load_task(data, subset, text_column, label_column):
+    from .data import load_hub, load_task
+
+    if subset is not None and data is not None and not Path(data).exists():
+        return load_hub(data, subset, text_column=text_column, label_column=label_column)
+    return load_task(data, text_column=text_column, label_column=label_column)
+
+
+@app.command()
+@_errors_as_one_line
+def finetune(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the fine-tuned model (safetensors)."),
+    model: Optional[str] = ModelOpt,
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    epochs: float = typer.Option(1.0, help="Passes over the training split."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps (overrides --epochs)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Sequences per step."),
+    learning_rate: float = typer.Option(5e-5, help="Peak AdamW learning rate."),
+    n_train: Optional[int] = typer.Option(None, help="Train on a random subset of this many examples."),
+    seed: int = typer.Option(42, help="Random seed."),
+    retrain: bool = typer.Option(False, help="Train even if OUTPUT already holds a checkpoint."),
+):
+    """Fine-tune a classifier and save it to OUTPUT; prints validation metrics."""
+    from .evaluate import evaluate as evaluate_model
+    from .train import TrainConfig, load_or_finetune
+
+    _positive("--batch-size", batch_size)
+    _positive("--max-steps", max_steps)
+    _positive("--n-train", n_train)
+    task = _load_task(data, subset, text_column, label_column)
+    cfg = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+                      seed=seed)
+    net, tokenizer, info = load_or_finetune(output, model_name=model, task=task, cfg=cfg, n_train=n_train,
+                                            retrain=retrain)
+    typer.echo(f"model saved in {output} ({info['steps']} steps, {info['train_seconds']:.1f} s)")
+    if "validation" in task.splits:
+        row = evaluate_model(net, tokenizer, task["validation"], name=str(output))
+        (Path(output) / "metrics.json").write_text(json.dumps(row.to_dict(), indent=2))
+        typer.echo(row.to_frame().T.to_string(float_format=lambda v: f"{v:.2f}"))
+
+
+@app.command()
+@_errors_as_one_line
+def evaluate(
+    model: Optional[str] = ModelOpt,
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    split: str = typer.Option("validation", help="Split to evaluate on (train, validation, test)."),
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Sequences per forward pass."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write metrics.csv into."),
+):
+    """Accuracy, precision, recall and F1 of a classifier on a split."""
+    from .evaluate import evaluate as evaluate_model
+    from .models import load_model
+
+    _positive("--batch-size", batch_size)
+    task = _load_task(data, subset, text_column, label_column)
+    ds = task[split]
+    net, tokenizer = load_model(model)
+    if net.config.num_labels != task.num_labels:
+        raise UfkitError(f"--model has {net.config.num_labels} labels but --data has {task.num_labels}")
+    row = evaluate_model(net, tokenizer, ds, batch_size=batch_size, name=model or "default")
+    table = row.to_frame().T
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        table.to_csv(output / "metrics.csv", index_label="model")
+    typer.echo(table.to_string(float_format=lambda v: f"{v:.2f}"))
+
+
+@app.command()
+@_errors_as_one_line
+def benchmark(
+    model: Optional[str] = ModelOpt,
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    split: str = typer.Option("validation", help="Split whose sentences are the inputs."),
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    batch_size: List[int] = typer.Option([1, 32], "--batch-size", "-b", help="Batch size (repeat for several)."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence (default: natural sentence lengths)."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: UFKIT_THREADS or torch's)."),
+    warmup: int = typer.Option(10, help="Untimed runs."),
+    iters: int = typer.Option(50, help="Timed runs."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for results.db (default: ufkit's results folder)."),
+):
+    """Latency (ms), throughput (sequences/s), size (MB) and peak memory of a model on real sentences."""
+    from . import config
+    from .bench import benchmark as run_benchmark
+    from .models import load_model
+
+    for b in batch_size:
+        _positive("--batch-size", b)
+    _positive("--iters", iters)
+    _positive("--threads", threads)
+    if seq_len is not None and seq_len < 3:
+        raise UfkitError(f"--seq-len must be at least 3, got {seq_len}")
+    task = _load_task(data, subset, text_column, label_column)
+    texts = list(task[split]["text"])
+    net, tokenizer = load_model(model)
+    db = (output / "results.db") if output is not None else config.results_db()
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    rows = [run_benchmark(net, tokenizer, texts, name=model or "default", batch_size=b, seq_len=seq_len,
+                          n_warmup=warmup, n_iters=iters, threads=threads, db_path=db)
+            for b in tqdm(batch_size, desc="benchmark", disable=len(batch_size) < 2)]
+    df = pd.concat(rows, ignore_index=True)
+    cols = ["name", "batch_size", "seq_len", "latency_ms_mean", "latency_ms_std", "latency_ms_p50",
+            "latency_ms_p95", "throughput_seq_per_s", "size_mb", "peak_mem_mb", "threads"]
+    typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    typer.echo(f"results appended to {db}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``ufkit`` script: click's usage errors become one line too."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    except typer.TyperException as e:  # click's usage errors, vendored by typer
+        if type(e).__name__ == "NoArgsIsHelpError":
+            typer.echo(e.format_message(), err=True)
+            sys.exit(2)
+        typer.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(getattr(e, "exit_code", 2) or 2)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

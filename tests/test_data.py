@@ -1,0 +1,102 @@
+import json
+
+import pytest
+
+from ufkit import config
+from ufkit.data import (DataError, LengthBucketBatchSampler, infer_label_names, load_local, load_sst2,
+                        load_task, make_dataloader, tokenize)
+
+
+def test_glue_folder(tiny_tsv_dir):
+    task = load_local(tiny_tsv_dir, label_names=["0", "1"])
+    assert set(task.splits) == {"train", "validation"}
+    assert len(task["train"]) == 12 and len(task["validation"]) == 4
+    assert task.num_labels == 2
+    # bare quotes inside a TSV field are text, not delimiters
+    assert task["validation"][2] == {"text": 'it \'s " fine " ', "label": 1}
+
+
+def test_single_csv_string_labels(tmp_path):
+    rows = ["review,stars"] + [f"text {i},{['bad', 'good', 'meh'][i % 3]}" for i in range(30)]
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    task = load_task(tmp_path / "r.csv", text_column="review", label_column="stars")
+    assert task.label_names == ["bad", "good", "meh"]
+    assert task.num_labels == 3
+    assert len(task["train"]) + len(task["validation"]) == 30
+    assert set(task["train"]["label"]) <= {0, 1, 2}
+
+
+def test_jsonl(tmp_path):
+    lines = [json.dumps({"t": f"x{i}", "y": i % 4}) for i in range(20)]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines))
+    (tmp_path / "dev.jsonl").write_text("\n".join(lines[:5]))
+    task = load_local(tmp_path, text_column="t", label_column="y")
+    assert task.label_names == ["0", "1", "2", "3"]
+    assert task["validation"]["label"] == [0, 1, 2, 3, 0]
+
+
+def test_integer_labels_sort_numerically():
+    assert infer_label_names([10, 2, 1, "2"]) == ["1", "2", "10"]
+
+
+def test_bad_rows_reported_with_line_numbers(tmp_path):
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\nok \t0\n\t1\nfine \t1\nodd \t7\n")
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nok \t0\n")
+    with pytest.raises(DataError, match=r"missing text on line\(s\) 3.*unknown label on line\(s\) 5"):
+        load_local(tmp_path, label_names=["0", "1"])
+    with pytest.warns(UserWarning, match="line"):
+        task = load_local(tmp_path, label_names=["0", "1"], on_bad_rows="skip")
+    assert task["train"]["text"] == ["ok ", "fine "]
+    assert task.skipped == {"train": [3, 5]}
+
+
+def test_unknown_column(tiny_tsv_dir):
+    with pytest.raises(DataError, match="text column 'review' not found"):
+        load_local(tiny_tsv_dir, text_column="review")
+
+
+def test_missing_data_error_says_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("UFKIT_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(config, "data_candidates", lambda: [tmp_path / "nowhere"])
+    with pytest.raises(DataError) as e:
+        load_sst2(hub=False)
+    assert "nowhere" in str(e.value) and "UFKIT_DATA" in str(e.value)
+    with pytest.raises(DataError, match="does not exist"):
+        load_task(str(tmp_path / "missing.tsv"))
+
+
+def test_sst2_from_env(tiny_tsv_dir, monkeypatch):
+    monkeypatch.setenv("UFKIT_DATA", str(tiny_tsv_dir))
+    task = load_sst2(hub=False)
+    assert len(task["train"]) == 12 and task.label_names == ["0", "1"]
+
+
+def test_real_sst2_is_found():
+    task = load_sst2(hub=False)
+    assert len(task["train"]) == 67_349 and len(task["validation"]) == 872
+
+
+def test_dynamic_padding_and_buckets(tiny_tsv_dir, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    task = load_local(tiny_tsv_dir)
+    tokenized = tokenize(task["train"], tok)
+    loader = make_dataloader(tokenized, tok, batch_size=4, shuffle=True)
+    seen = []
+    for batch in loader:
+        lengths = batch["attention_mask"].sum(1)
+        assert batch["input_ids"].shape[1] == lengths.max()  # padded to its own longest row only
+        seen += batch["labels"].tolist()
+    assert sorted(seen) == sorted(task["train"]["label"])
+
+
+def test_length_bucket_sampler_covers_everything_once():
+    lengths = [5, 40, 7, 39, 6, 41, 8, 38] * 10
+    sampler = LengthBucketBatchSampler(lengths, 8, seed=1, bucket_batches=10)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(80))
+    assert max(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) <= 3
+    assert len(sampler) == 10
+    with pytest.raises(DataError, match="batch_size"):
+        LengthBucketBatchSampler(lengths, 0)
