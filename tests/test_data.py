@@ -100,3 +100,42 @@ def test_length_bucket_sampler_covers_everything_once():
     assert len(sampler) == 10
     with pytest.raises(DataError, match="batch_size"):
         LengthBucketBatchSampler(lengths, 0)
+
+
+def test_hub_path_with_class_labels(monkeypatch):
+    """load_task on a hub name goes through datasets.load_dataset; simulated offline with a local DatasetDict."""
+    import datasets
+
+    feats = datasets.Features({"sentence": datasets.Value("string"),
+                               "label": datasets.ClassLabel(names=["negative", "positive"])})
+    fake = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"sentence": ["good", "bad", "fine"], "label": [1, 0, 1]}, features=feats),
+        "validation": datasets.Dataset.from_dict({"sentence": ["meh"], "label": [0]}, features=feats),
+        "test": datasets.Dataset.from_dict({"sentence": ["?"], "label": [-1]},
+                                           features=datasets.Features({"sentence": datasets.Value("string"),
+                                                                       "label": datasets.Value("int64")})),
+    })
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, subset=None: calls.append((name, subset)) or fake)
+    task = load_task("glue", subset="sst2")
+    assert calls == [("glue", "sst2")]
+    assert task.label_names == ["negative", "positive"]
+    assert task["train"]["label"] == [1, 0, 1]
+    assert task["test"]["label"] == [-1]
+
+
+def test_hub_unreachable_is_a_clear_error(monkeypatch):
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="cannot load 'someone/reviews' from the Hugging Face Hub: ConnectionError"):
+        load_task("someone/reviews")
+
+
+def test_malformed_file_is_a_data_error(tmp_path):
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\nok \t0\ntoo\tmany\tfields\n")
+    with pytest.raises(DataError, match=r"train.tsv: cannot parse as TSV: .*line 3"):
+        load_local(tmp_path)

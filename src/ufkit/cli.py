@@ -41,6 +41,8 @@ def _errors_as_one_line(fn):
             return fn(*args, **kwargs)
         except UfkitError as e:
             _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        except OSError as e:  # unwritable output folder, full disk
+            _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
 
     return wrapper
 
@@ -48,6 +50,11 @@ def _errors_as_one_line(fn):
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UfkitError(f"{name} must be a positive integer, got {value}")
+
+
+def _metrics_table(row) -> str:
+    table = row.to_frame().T.astype({"n": int})
+    return table.to_string(float_format=lambda v: f"{v:.2f}")
 
 
 def _load_task(data, subset, text_column, label_column):
@@ -87,11 +94,15 @@ def finetune(
                       seed=seed)
     net, tokenizer, info = load_or_finetune(output, model_name=model, task=task, cfg=cfg, n_train=n_train,
                                             retrain=retrain)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one process reports
+        return
     typer.echo(f"model saved in {output} ({info['steps']} steps, {info['train_seconds']:.1f} s)")
     if "validation" in task.splits:
         row = evaluate_model(net, tokenizer, task["validation"], name=str(output))
         (Path(output) / "metrics.json").write_text(json.dumps(row.to_dict(), indent=2))
-        typer.echo(row.to_frame().T.to_string(float_format=lambda v: f"{v:.2f}"))
+        typer.echo(_metrics_table(row))
 
 
 @app.command()
@@ -117,11 +128,10 @@ def evaluate(
     if net.config.num_labels != task.num_labels:
         raise UfkitError(f"--model has {net.config.num_labels} labels but --data has {task.num_labels}")
     row = evaluate_model(net, tokenizer, ds, batch_size=batch_size, name=model or "default")
-    table = row.to_frame().T
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        table.to_csv(output / "metrics.csv", index_label="model")
-    typer.echo(table.to_string(float_format=lambda v: f"{v:.2f}"))
+        row.to_frame().T.to_csv(output / "metrics.csv", index_label="model")
+    typer.echo(_metrics_table(row))
 
 
 @app.command()

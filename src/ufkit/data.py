@@ -83,8 +83,11 @@ def _read_table(path: Path) -> pd.DataFrame:
     if suffix in (".tsv", ".csv"):
         # QUOTE_NONE for TSV: GLUE's sentences contain bare quotes that are not field delimiters.
         quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
-        df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", quoting=quoting, dtype=str,
-                         keep_default_na=False, na_values=[], on_bad_lines="error", engine="python")
+        try:
+            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", quoting=quoting, dtype=str,
+                             keep_default_na=False, na_values=[], on_bad_lines="error", engine="python")
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+            raise DataError(f"{path}: cannot parse as {suffix[1:].upper()}: {str(e).strip().splitlines()[0]}") from None
         df["__line__"] = range(2, len(df) + 2)  # line 1 is the header
         return df
     if suffix in (".jsonl", ".json"):
