@@ -54,7 +54,7 @@ pd.DataFrame(rows).set_index("split").round(1)
 # %% [markdown]
 # ## Fine-tuning
 #
-# AdamW, learning rate 5e-5 with 6 % linear warm-up and linear decay, batch 32, one epoch, gradient clipping
+# AdamW, learning rate 1e-4 with 10 % linear warm-up and linear decay, batch 32, one epoch, gradient clipping
 # at 1.0, seed 42 ({func}`ufkit.train.teacher_config`). The checkpoint is cached: a rebuild loads it.
 
 # %%

@@ -173,8 +173,12 @@ TEACHER_NAME = "minilm-l6-sst2"
 
 
 def teacher_config() -> TrainConfig:
-    """Hyper-parameters of the baseline/teacher fine-tune (the same at both sizes; smoke trains on less data)."""
-    return TrainConfig(learning_rate=5e-5, epochs=1.0, batch_size=32, warmup_ratio=0.06, seed=42)
+    """Hyper-parameters of the baseline/teacher fine-tune (the same at both sizes; smoke trains on less data).
+
+    One epoch at a peak learning rate of 1e-4 gave 88.9 % SST-2 dev accuracy here, 5e-5 gave 88.3 %: the small
+    6-layer model wants a larger step than BERT-base's usual 2e-5..5e-5.
+    """
+    return TrainConfig(learning_rate=1e-4, epochs=1.0, batch_size=32, warmup_ratio=0.1, seed=42)
 
 
 def load_teacher(retrain: bool = False, progress: bool = True):
