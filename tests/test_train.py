@@ -17,7 +17,6 @@ def test_finetune_then_load_from_cache(tiny_model_dir, tiny_tsv_dir, tmp_path):
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "train_info.json").read_text())["steps"] == 3
     # trained weights differ from the start
-    start = torch.load if False else None  # noqa: F841 (never unpickle: compare via safetensors below)
     from safetensors.torch import load_file
 
     init = load_file(tiny_model_dir / "model.safetensors")
@@ -29,6 +28,10 @@ def test_finetune_then_load_from_cache(tiny_model_dir, tiny_tsv_dir, tmp_path):
     batch = tok(["great fun"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, again(**batch).logits)
+    # other settings make the cache stale: it trains again
+    _, _, info3 = load_or_finetune(out, model_name=str(tiny_model_dir), task=task,
+                                   cfg=TrainConfig(max_steps=2, batch_size=4), progress=False)
+    assert info3["steps"] == 2
 
 
 def test_seeded_training_is_reproducible(tiny_model_dir, tiny_tsv_dir, tmp_path):

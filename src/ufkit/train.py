@@ -135,7 +135,8 @@ def load_or_finetune(output_dir: str | Path, *, model_name: str | None = None, t
         model_name: backbone to start from (None: the packaged MiniLM-L6-H384).
         task (:class:`ufkit.data.TaskData`): the task; None loads SST-2.
         n_train: train on a seeded random subset of this many examples (None: all).
-        retrain: ignore a cached checkpoint.
+        retrain: ignore a cached checkpoint. A checkpoint trained with another ``cfg`` or ``n_train`` is
+            retrained too.
 
     Returns:
         ``(model, tokenizer, info)``; ``info`` is the content of ``train_info.json`` (configuration, data size,
@@ -149,16 +150,20 @@ def load_or_finetune(output_dir: str | Path, *, model_name: str | None = None, t
 
     output_dir = Path(output_dir)
     info_path = output_dir / "train_info.json"
-    if not retrain and info_path.is_file() and (output_dir / "config.json").is_file():
-        model, tokenizer = load_model(output_dir)
-        return model, tokenizer, json.loads(info_path.read_text())
     cfg = cfg or TrainConfig()
+    recipe = {"config": asdict(cfg), "n_train_requested": n_train}
+    if not retrain and info_path.is_file() and (output_dir / "config.json").is_file():
+        info = json.loads(info_path.read_text())
+        # A checkpoint trained with other settings is stale, not a cache hit.
+        if all(info.get(k) == v for k, v in recipe.items()):
+            model, tokenizer = load_model(output_dir)
+            return model, tokenizer, info
     task = task if task is not None else load_sst2()
     model, tokenizer = load_model(model_name, label_names=task.label_names)
     train = tokenize(subset(task["train"], n_train, seed=cfg.seed), tokenizer, cfg.max_length)
     model, history = finetune(model, tokenizer, train, cfg, progress=progress)
     info = {"model_name": model_name or "sentence-transformers/all-MiniLM-L6-v2 (packaged)",
-            "data": task.source, "n_train": len(train), "config": asdict(cfg),
+            "data": task.source, "n_train": len(train), **recipe,
             **{k: v for k, v in history.items() if k != "losses"}, "losses": history["losses"],
             "machine": machine_info()}
     state = PartialState()
