@@ -12,7 +12,7 @@ def ufkit(*args, env=None):
 
 
 def test_help():
-    for cmd in ([], ["finetune"], ["evaluate"], ["benchmark"]):
+    for cmd in ([], ["finetune"], ["evaluate"], ["benchmark"], ["bench-fff"]):
         r = ufkit(*cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout
 
@@ -49,3 +49,12 @@ def test_unknown_column_and_end_to_end(tiny_model_dir, tiny_tsv_dir, tmp_path):
               "--threads", 1, "--output", tmp_path / "bench")
     assert r.returncode == 0, r.stderr
     assert "latency_ms_mean" in r.stdout and (tmp_path / "bench" / "results.db").is_file()
+
+
+def test_bench_fff(tmp_path):
+    r = ufkit("bench-fff", "--backend", "torch_gather", "--backend", "dense_torch", "-c", "2x3", "--batch", 5,
+              "--hidden-size", 17, "--iters", 2, "--warmup", 0, "--threads", 1, "--output", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "torch_gather" in r.stdout and (tmp_path / "results.db").is_file()
+    r = ufkit("bench-fff", "-c", "11", "--output", tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --config must look like KxD (n_trees x depth, e.g. 1x11), got '11'"

@@ -1,4 +1,4 @@
-"""The ``ufkit`` command line: ``ufkit finetune``, ``ufkit evaluate``, ``ufkit benchmark``.
+"""The ``ufkit`` command line: ``ufkit finetune``, ``ufkit evaluate``, ``ufkit benchmark``, ``ufkit bench-fff``.
 
 Bad input (an unknown model path, missing data, an unknown column, a bad batch size) ends with exit code 2
 and one line on standard error that names the argument: ``error: --batch-size must be ...``.
@@ -175,6 +175,50 @@ def benchmark(
     cols = ["name", "batch_size", "seq_len", "latency_ms_mean", "latency_ms_std", "latency_ms_p50",
             "latency_ms_p95", "throughput_seq_per_s", "size_mb", "peak_mem_mb", "threads"]
     typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    typer.echo(f"results appended to {db}")
+
+
+def _parse_config(text: str) -> tuple[int, int]:
+    try:
+        k, d = text.lower().split("x")
+        return int(k), int(d)
+    except ValueError:
+        raise UfkitError(f"--config must look like KxD (n_trees x depth, e.g. 1x11), got {text!r}") from None
+
+
+@app.command("bench-fff")
+@_errors_as_one_line
+def bench_fff(
+    backend: List[str] = typer.Option(["native", "mkl", "torch_gather", "dense_torch", "dense_mkl"], "--backend",
+                                      help="torch_gather, native, mkl, cuda, dense_torch, dense_mkl (repeat)."),
+    config_: List[str] = typer.Option(["1x11"], "--config", "-c", help="n_trees x depth, e.g. 1x11 (repeat); "
+                                      "'ladder' = UltraFastBERT's 3072x0 ... 1x11."),
+    batch: List[int] = typer.Option([1, 128, 2048, 16384], "--batch", help="Tokens per call (repeat)."),
+    hidden_size: int = typer.Option(768, help="H_in = H_out."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads (default: UFKIT_THREADS or torch's)."),
+    warmup: int = typer.Option(2, help="Untimed calls per row."),
+    iters: int = typer.Option(10, help="Timed calls per row."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for results.db (default: ufkit's results folder)."),
+):
+    """Time fast feedforward backends against dense feedforward baselines (UltraFastBERT, chapter 1)."""
+    from . import config
+    from .fff_bench import LADDER, bench_fff as run
+
+    for b in batch:
+        if b < 0:
+            raise UfkitError(f"--batch must be a non-negative integer, got {b}")
+    _positive("--hidden-size", hidden_size)
+    _positive("--iters", iters)
+    _positive("--threads", threads)
+    configs = [c for text in config_ for c in (LADDER if text == "ladder" else [_parse_config(text)])]
+    db = (output / "results.db") if output is not None else config.results_db()
+    try:
+        df = run(backend, configs, batch, hidden_size, threads, warmup, iters, str(db), device=device)
+    except ValueError as e:  # the sweep's own argument checks
+        raise UfkitError(str(e)) from None
+    cols = [c for c in ("backend", "width", "depth", "n_trees", "batch", "threads", "mean_ms", "std_ms") if c in df]
+    typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"results appended to {db}")
 
 

@@ -1,0 +1,360 @@
+"""Inference-form kernels of a fast feedforward layer, behind one function: :func:`fff_forward`.
+
+Backends (Belcak & Wattenhofer 2023, arXiv:2311.10770, for the method; ``torch_gather`` mirrors its "PyTorch
+BMM" implementation and ``native`` is the fused native implementation it proposes):
+
+``torch_gather``
+    PyTorch only: per level, gather each token's row of ``w_in`` and take a batched dot product (``bmm``);
+    at the end one batched product with the gathered output rows. Any device, any float dtype.
+``native``
+    C++ (ATen + OpenMP through torch's thread pool), fused: routing, GELU and the output sum in one pass;
+    AVX2+FMA when the CPU has it (``cpp/fff_native.cpp``). float32, CPU.
+``mkl``
+    C++ calling Intel MKL from the PyPI ``mkl`` package (``cpp/fff_mkl.cpp``). float32, CPU.
+``cuda``
+    CUDA kernels in ``cuda/*.cu`` (plain CUDA, compiled by ``nvcc``), bound to torch in ``cpp/fff_cuda.cpp``.
+    float32, CUDA tensors.
+``auto``
+    The fastest backend available for the tensors' device; if a JIT build fails it falls back to
+    ``torch_gather`` with one warning.
+
+C++ and CUDA sources (``cpp/`` and ``cuda/`` of the source checkout, so the compiled backends need ufkit to run
+from one, e.g. an editable install) are JIT-compiled on first use with ``torch.utils.cpp_extension.load``
+(ninja) and cached in :func:`build_dir` (environment variable ``UFKIT_BUILD_DIR``, default
+``$UFKIT_HOME/.cache/build/...``). ``UFKIT_CUDA_ARCH`` (e.g. ``sm_90``) picks the GPU target of ``nvcc``;
+by default the visible GPU's, else nvcc's default.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from ufkit import config
+from ufkit.fff import check_fff_args, n_nodes
+
+__all__ = [
+    "BACKENDS",
+    "fff_forward",
+    "available_backends",
+    "build_dir",
+    "load_extension",
+    "transposed_weight",
+]
+
+BACKENDS = ("torch_gather", "native", "mkl", "cuda")
+ROOT = Path(__file__).resolve().parents[2]  # the source checkout: cpp/ and cuda/ live here
+CPP_DIR = ROOT / "cpp"
+CUDA_DIR = ROOT / "cuda"
+
+_lock = threading.Lock()
+_modules: dict[str, object] = {}
+_failed: dict[str, str] = {}
+_warned: set[str] = set()
+
+
+# ---- building ------------------------------------------------------------------------------------------
+
+
+def build_dir() -> Path:
+    """Where JIT builds are cached: ``UFKIT_BUILD_DIR`` or ``$UFKIT_HOME/.cache/build/<torch>-<python>-<machine>``.
+
+    The torch and Python versions are in the default name because an extension is only valid for the ones it
+    was built against.
+    """
+    env = os.environ.get("UFKIT_BUILD_DIR")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}"
+        path = config.home() / ".cache" / "build" / tag
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _mkl_paths() -> tuple[Path, Path]:
+    """(include dir with mkl.h, libmkl_rt shared library) from the PyPI ``mkl-devel``/``mkl`` packages."""
+    prefixes = [Path(sys.prefix), Path(sysconfig.get_paths()["data"])]
+    for prefix in prefixes:
+        inc = prefix / "include"
+        libs = sorted(glob.glob(str(prefix / "lib" / "libmkl_rt.so*")))
+        if (inc / "mkl.h").is_file() and libs:
+            return inc, Path(libs[-1])  # e.g. libmkl_rt.so.3: PyPI ships no unversioned link
+    raise RuntimeError("Intel MKL not found: pip install mkl-devel (needs mkl.h and libmkl_rt.so.* under sys.prefix)")
+
+
+def _nvcc() -> str | None:
+    nvcc = shutil.which("nvcc")
+    if nvcc is None and os.environ.get("CUDA_HOME"):
+        cand = Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc"
+        nvcc = str(cand) if cand.is_file() else None
+    return nvcc
+
+
+def _cuda_home() -> Path | None:
+    """The CUDA toolkit root: ``CUDA_HOME``/``CUDA_PATH``, else ``/usr/local/cuda``, else nvcc's grandparent."""
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            return Path(os.environ[env])
+    if Path("/usr/local/cuda/bin/nvcc").is_file():
+        return Path("/usr/local/cuda")
+    nvcc = shutil.which("nvcc")
+    return Path(nvcc).resolve().parents[1] if nvcc else None
+
+
+def _compile_cuda_objects(out: Path, verbose: bool) -> list[str]:
+    """``nvcc -c`` every ``cuda/*.cu`` into ``out``; returns the object paths (rebuilt when a source changes)."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        raise RuntimeError("nvcc not found: the cuda backend needs the CUDA toolkit")
+    arch = os.environ.get("UFKIT_CUDA_ARCH")
+    if not arch and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        arch = f"sm_{major}{minor}"
+    objs = []
+    for src in sorted(CUDA_DIR.glob("*.cu")):
+        key = src.read_bytes() + (CUDA_DIR / "fff_cuda.h").read_bytes() + (arch or "").encode()
+        obj = out / f"{src.stem}-{hashlib.sha1(key).hexdigest()[:12]}.o"
+        if not obj.is_file():
+            cmd = [nvcc, "-c", "-O3", "-Xcompiler", "-fPIC", "-std=c++17", "-o", str(obj), str(src)]
+            if arch:
+                cmd[2:2] = [f"-arch={arch}"]
+            if verbose:
+                print(" ".join(cmd))
+            subprocess.run(cmd, check=True, capture_output=not verbose)
+        objs.append(str(obj))
+    return objs
+
+
+def load_extension(backend: str, verbose: bool = False):
+    """Build (first call) or load (later calls) the compiled module of ``backend`` (``"native"``, ``"mkl"``,
+    ``"cuda"``): the op namespace ``torch.ops.ufkit_<backend>``. Raises ``RuntimeError`` when the build
+    fails; the failure is remembered for the process."""
+    if backend not in ("native", "mkl", "cuda"):
+        raise ValueError(f"backend must be 'native', 'mkl' or 'cuda' to have an extension, got {backend!r}")
+    with _lock:
+        if backend in _modules:
+            return _modules[backend]
+        if backend in _failed:
+            raise RuntimeError(_failed[backend])
+        from torch.utils.cpp_extension import load
+
+        out = build_dir() / backend
+        out.mkdir(parents=True, exist_ok=True)
+        cflags = ["-O3", "-fopenmp"]
+        ldflags = ["-fopenmp"]  # links libgomp.so.1, the one torch has already loaded
+        includes = [str(CPP_DIR)]
+        sources = []
+        try:
+            if backend == "native":
+                sources = [str(CPP_DIR / "fff_native.cpp")]
+            elif backend == "mkl":
+                inc, _ = _mkl_paths()
+                includes.append(str(inc))
+                sources = [str(CPP_DIR / "fff_mkl.cpp")]
+            else:
+                includes.append(str(CUDA_DIR))
+                objs = _compile_cuda_objects(out, verbose)
+                cuda_home = _cuda_home()
+                libdirs = [p for p in (cuda_home / "lib64", cuda_home / "lib") if p.is_dir()]
+                ldflags += objs + [f"-L{p}" for p in libdirs] + ["-lcudart"]
+                sources = [str(CPP_DIR / "fff_cuda.cpp")]
+            # The sources register torch ops (TORCH_LIBRARY, ATen headers only, no pybind11): they build
+            # in seconds and appear as torch.ops.ufkit_<backend>.*.
+            load(
+                name=f"ufkit_fff_{backend}",
+                sources=sources,
+                extra_cflags=cflags,
+                extra_ldflags=ldflags,
+                extra_include_paths=includes,
+                build_directory=str(out),
+                verbose=verbose,
+                is_python_module=False,
+            )
+            mod = getattr(torch.ops, f"ufkit_{backend}")
+            if backend == "mkl":
+                mod.init(str(_mkl_paths()[1]))  # dlopen MKL, select the GNU OpenMP threading layer
+        except Exception as exc:  # noqa: BLE001 - any build error means "backend unavailable"
+            _failed[backend] = f"building the {backend} backend failed: {type(exc).__name__}: {exc}"
+            raise RuntimeError(_failed[backend]) from exc
+        _modules[backend] = mod
+        return mod
+
+
+def available_backends(device: str | torch.device = "cpu", build: bool = True) -> list[str]:
+    """Backends that run on ``device``; with ``build=True`` the compiled ones are built (or loaded) to check."""
+    device = torch.device(device)
+    names = ["torch_gather"]
+    wanted = ("native", "mkl") if device.type == "cpu" else (("cuda",) if device.type == "cuda" else ())
+    for b in wanted:
+        if b == "cuda" and not torch.cuda.is_available():
+            continue
+        if not build:
+            names.append(b)
+            continue
+        try:
+            load_extension(b)
+            names.append(b)
+        except RuntimeError:
+            pass
+    return names
+
+
+# ---- prepacked weights ---------------------------------------------------------------------------------
+
+_packed: dict[tuple, tuple] = {}
+_PACKED_MAX = 8
+
+
+def transposed_weight(w_out: torch.Tensor) -> torch.Tensor:
+    """``w_out.t().contiguous()`` (shape `(K*N, H_out)`), cached while ``w_out`` is unchanged.
+
+    A node's output weights are a column of ``w_out``; the kernels want them as one contiguous row. The cache
+    keeps a reference to ``w_out`` (so its memory cannot be reused by another tensor) and its version counter
+    (so an in-place update such as an optimizer step invalidates the copy). At most 8 entries.
+    """
+    key = (w_out.data_ptr(), tuple(w_out.shape), tuple(w_out.stride()), w_out.dtype, w_out.device)
+    hit = _packed.get(key)
+    if hit is not None and hit[0] is w_out and hit[1] == w_out._version:
+        return hit[2]
+    packed = w_out.detach().t().contiguous()  # (K*N, H_out)
+    if len(_packed) >= _PACKED_MAX:
+        _packed.pop(next(iter(_packed)))
+    _packed[key] = (w_out, w_out._version, packed)
+    return packed
+
+
+# ---- backends ------------------------------------------------------------------------------------------
+
+
+def _torch_gather(x2, w_in, b_in, w_out, depth, n_trees, route):
+    """Per level: gather each token's row and bmm; then one bmm with the gathered output rows."""
+    B, H_in = x2.shape
+    N = n_nodes(depth)
+    wt = transposed_weight(w_out)  # (K*N, H_out)
+    y = x2.new_empty(B, w_out.shape[0])
+    # tokens per chunk: the gathered output rows are chunk * K*(D+1) * H_out floats; keep them near 64 MB
+    chunk = max(1, min(4096, (16 << 20) // (n_trees * (depth + 1) * max(H_in, w_out.shape[0]))))
+    offset = torch.arange(n_trees, device=x2.device) * N  # (K,)
+    for s in range(0, B, chunk):
+        xc = x2[s : s + chunk]  # (b, H_in)
+        b = xc.shape[0]
+        node = torch.zeros(b, n_trees, dtype=torch.long, device=x2.device)
+        rows, acts = [], []
+        for _ in range(depth + 1):
+            row = node + offset  # (b, K) global rows
+            w = w_in[row]  # (b, K, H_in)
+            z = torch.bmm(w, xc.unsqueeze(-1)).squeeze(-1) + b_in[row]  # (b, K)
+            rows.append(row)
+            acts.append(torch.nn.functional.gelu(z))
+            node = 2 * node + 1 + (z > 0).long()
+        rows = torch.stack(rows, dim=-1).reshape(b, -1)  # (b, K*(D+1)), tree-major
+        acts = torch.stack(acts, dim=-1).reshape(b, 1, -1)  # (b, 1, K*(D+1))
+        y[s : s + b] = torch.bmm(acts, wt[rows]).squeeze(1)  # (b, 1, L) @ (b, L, H_out)
+        if route is not None:
+            route[s : s + b] = rows.to(route.dtype)
+    return y
+
+
+def _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version=None, out=None):
+    mod = load_extension(backend)
+    wt = transposed_weight(w_out)
+    r = route if route is not None else torch.empty(0, 0, dtype=torch.int32, device=x2.device)
+    args = (x2, w_in.contiguous(), b_in.contiguous(), wt, depth, n_trees)
+    if backend == "native":
+        return mod.forward(*args, 0 if version is None else version, r, out)
+    if backend == "mkl":
+        return mod.forward(*args, 0 if version is None else version, r, out)
+    stream = torch.cuda.current_stream(x2.device).cuda_stream
+    return mod.forward(*args, 0 if version is None else version, r, out, stream)
+
+
+def _auto(device: torch.device, dtype: torch.dtype) -> str:
+    if dtype != torch.float32:
+        return "torch_gather"
+    wanted = ["native", "mkl"] if device.type == "cpu" else (["cuda"] if device.type == "cuda" else [])
+    for b in wanted:
+        try:
+            load_extension(b)
+            return b
+        except RuntimeError as exc:
+            if b not in _warned:
+                _warned.add(b)
+                warnings.warn(f"{exc}; using a slower backend", RuntimeWarning, stacklevel=3)
+    return "torch_gather"
+
+
+def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "auto", *,
+                version: int | None = None, return_route: bool = False, out: torch.Tensor | None = None):
+    """Inference form of a FFF layer: touch only the K*(D+1) visited neurons of each token.
+
+    Args:
+        x: `torch.FloatTensor` of shape `(..., H_in)`, e.g. `(batch_size, sequence_length, hidden_size)`;
+            any strides.
+        w_in: `linear_in.weight`, `(n_trees * N, H_in)` with N = 2**(depth+1) - 1.
+        b_in: `linear_in.bias`, `(n_trees * N,)`.
+        w_out: `linear_out.weight`, `(H_out, n_trees * N)`; its transpose is prepacked once and cached
+            (:func:`transposed_weight`).
+        depth, n_trees: D and K.
+        backend: ``"auto"``, ``"torch_gather"``, ``"native"``, ``"mkl"`` or ``"cuda"`` (module docstring).
+        version: kernel version of a compiled backend (``native``: 1 plain loop, 2 AVX2 per token, 3 token
+            blocks grouped by node; ``mkl``: 1; ``cuda``: 1 a thread per token, 2 a warp per token);
+            ``None`` is the fastest.
+        return_route: also return the visited nodes.
+        out: optional contiguous tensor of shape `(..., H_out)` (x's dtype and device) to write the result
+            into, as ``torch.matmul(..., out=)``: saves allocating (and page-faulting) a fresh output.
+
+    Returns:
+        `torch.FloatTensor` of shape `(..., H_out)` equal to :func:`ufkit.fff.fff_reference` (up to float
+        rounding; routing can differ only where a pre-activation is within rounding of 0). With
+        ``return_route=True`` a pair ``(y, route)``, route a `torch.IntTensor` `(..., n_trees * (depth + 1))`
+        of global node indices, tree by tree, root first.
+
+    Raises:
+        ValueError: bad shapes, dtypes (compiled backends need float32), devices, a weight size that does not
+            match (n_trees, depth), or an unknown backend.
+        RuntimeError: an explicitly requested compiled backend cannot be built.
+    """
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    check_fff_args(x, w_in, b_in, w_out, depth, n_trees, require_float32=backend in ("native", "mkl", "cuda"))
+    if backend == "auto":
+        backend = _auto(x.device, x.dtype)
+    if backend in ("native", "mkl") and x.device.type != "cpu":
+        raise ValueError(f"x is on {x.device} but the {backend} backend runs on the CPU")
+    if backend == "cuda" and x.device.type != "cuda":
+        raise ValueError(f"x is on {x.device} but the cuda backend needs CUDA tensors")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if backend != "torch_gather":
+        x2 = x2.contiguous()
+    L = n_trees * (depth + 1)
+    out2 = None
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (*lead, w_out.shape[0]):
+            raise ValueError(f"out must be a tensor of shape {(*lead, w_out.shape[0])}")
+        if out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
+            raise ValueError(f"out must be contiguous with dtype {x.dtype} on {x.device}")
+        out2 = out.view(-1, w_out.shape[0])
+    route = torch.empty(x2.shape[0], L, dtype=torch.int32, device=x.device) if return_route else None
+    if backend == "torch_gather":
+        y = _torch_gather(x2, w_in, b_in, w_out, depth, n_trees, route)
+        if out2 is not None:
+            y = out2.copy_(y)
+    else:
+        y = _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version, out2)
+    y = y.reshape(*lead, w_out.shape[0])
+    if return_route:
+        return y, route.reshape(*lead, L)
+    return y
