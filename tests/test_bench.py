@@ -15,11 +15,12 @@ def test_benchmark_columns_units_and_sqlite(tiny_model_dir, tmp_path):
                    extra={"variant": "fp32"})
     row = df.iloc[0]
     for col in ("latency_ms_mean", "latency_ms_std", "latency_ms_p50", "latency_ms_p95",
-                "throughput_seq_per_s", "size_mb", "peak_mem_mb", "cpu_model", "cpu_flags", "threads",
+                "throughput_seq_per_s", "size_mb", "peak_mem_mb", "peak_rss_mb", "cpu_model", "cpu_flags", "threads",
                 "torch_version", "date", "variant"):
         assert col in df.columns
     assert row.threads == 1 and row.batch_size == 2 and row.n_iters == 4
     assert row.latency_ms_p50 <= row.latency_ms_p95
+    assert 0 <= row.peak_mem_mb < row.peak_rss_mb
     assert row.throughput_seq_per_s == pytest.approx(2 * 1000 / row.latency_ms_mean)
     n_params = sum(p.numel() for p in model.parameters())
     assert row.size_mb == pytest.approx(n_params * 4 / 1e6, rel=0.05)  # fp32 parameters, MB = 10^6 bytes

@@ -244,7 +244,9 @@ def benchmark(model, tokenizer, texts: Sequence[str] | None = None, *, name: str
     Returns:
         one-row `pandas.DataFrame` with ``name``, ``batch_size``, ``seq_len`` (mean tokens per row when natural),
         ``n_warmup``, ``n_iters``, ``latency_ms_mean``, ``latency_ms_std``, ``latency_ms_p50``, ``latency_ms_p95``,
-        ``throughput_seq_per_s``, ``size_mb``, ``peak_mem_mb``, and the :func:`machine_info` columns.
+        ``throughput_seq_per_s``, ``size_mb``, ``peak_mem_mb`` (rise of the process's resident memory during the
+        first call: activations and workspace), ``peak_rss_mb`` (the process's resident memory at that peak,
+        model and libraries included), and the :func:`machine_info` columns.
 
     Raises:
         UfkitError: non-positive ``batch_size``, ``n_iters`` or ``threads``.
@@ -267,10 +269,12 @@ def benchmark(model, tokenizer, texts: Sequence[str] | None = None, *, name: str
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
+            # The first call runs under the memory sampler (so sampling cannot skew the timed runs) and before
+            # any warm-up, so that the memory it allocates for activations shows as a rise in RSS.
+            with _PeakRSS() as mem:
+                fn(batches[0])
             for i in range(n_warmup):
                 fn(batches[i % len(batches)])
-            with _PeakRSS() as mem:  # one untimed run under the memory sampler, so sampling cannot skew timing
-                fn(batches[0])
             times = np.empty(n_iters)
             for i in range(n_iters):
                 batch = batches[i % len(batches)]
@@ -288,7 +292,7 @@ def benchmark(model, tokenizer, texts: Sequence[str] | None = None, *, name: str
         "latency_ms_p50": float(np.percentile(times, 50)), "latency_ms_p95": float(np.percentile(times, 95)),
         "throughput_seq_per_s": float(batch_size * 1e3 / times.mean()),
         "size_mb": float(size_mb) if size_mb is not None else model_size_mb(model),
-        "peak_mem_mb": mem.peak_mb,
+        "peak_mem_mb": mem.peak_mb, "peak_rss_mb": mem.peak_rss / 1e6,
         **(extra or {}),
         **machine_info(threads),
     }
