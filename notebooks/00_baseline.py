@@ -70,8 +70,8 @@ pd.Series({
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3))
-steps = np.arange(1, len(info["losses"]) + 1) * 50
-ax.plot(steps[: len(info["losses"])], info["losses"])
+steps = np.minimum(np.arange(1, len(info["losses"]) + 1) * 50, info["steps"])  # the last window may be partial
+ax.plot(steps, info["losses"])
 ax.set(xlabel="optimizer step", ylabel="training loss (mean of 50 steps)", title="Fine-tuning MiniLM-L6 on SST-2")
 ax.grid(alpha=0.3)
 plt.show()
