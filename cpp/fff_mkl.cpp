@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "fff_checks.h"
 #include "fff_simd.h"
 
 namespace {
@@ -64,14 +65,9 @@ void init(std::string path) {
   mkl.set_threading_layer(MKL_THREADING_GNU);  // must precede every other MKL call
 }
 
-void check_f32_2d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU, got ", t.device());
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-d, got shape ", t.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
-}
-
 }  // namespace
+
+using ufkit_fff::check_f32_2d;
 
 at::Tensor fff_mkl_forward(at::Tensor x, at::Tensor w_in, at::Tensor b_in, at::Tensor wt_out,
                               int64_t depth, int64_t n_trees, int64_t version, at::Tensor route,

@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "fff_checks.h"
 #include "fff_simd.h"
 
 namespace {
@@ -268,14 +269,9 @@ at::Tensor new_output(int64_t B, int64_t H) {
                           at::TensorOptions().dtype(at::kFloat));
 }
 
-void check_f32_2d(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be on the CPU, got ", t.device());
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-d, got shape ", t.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
-}
-
 }  // namespace
+
+using ufkit_fff::check_f32_2d;
 
 // y (B, H_out) = FFF(x); route, if non-empty, receives the (B, K*(D+1)) visited rows as int32; out, if given,
 // is written instead of a new tensor (a fresh 50 MB output costs ~25 ms of page faults on a small VM).
