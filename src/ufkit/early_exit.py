@@ -1066,18 +1066,15 @@ def measure_latency(runners: dict[str, Callable[[dict], object]], tokenizer, tex
                               max_length=max_length, return_tensors="pt"))
                for i in range(0, len(texts), batch_size)]
     threads = config.bench_threads() if threads is None else threads
-
-    def call(fn, batch):  # a module takes the batch as keywords, any other callable the dict itself
-        return fn(**batch) if isinstance(fn, nn.Module) else fn(batch)
-
+    calls = {name: bench._as_callable(fn) for name, fn in runners.items()}  # a module takes the batch as keywords
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     times = {name: [] for name in runners}
     try:
         with torch.inference_mode():
-            for fn in runners.values():
+            for fn in calls.values():
                 for b in batches[:n_warmup]:
-                    call(fn, b)
+                    fn(b)
             names = list(runners)
             for _ in range(rounds):
                 for j, b in enumerate(batches):
@@ -1085,7 +1082,7 @@ def measure_latency(runners: dict[str, Callable[[dict], object]], tokenizer, tex
                     # another process falls on all runners alike instead of on whichever ran at that moment.
                     for name in names[j % len(names):] + names[:j % len(names)]:
                         t0 = time.perf_counter()
-                        call(runners[name], b)
+                        calls[name](b)
                         times[name].append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(old)

@@ -272,12 +272,11 @@ def _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version=Non
     wt = transposed_weight(w_out)
     r = route if route is not None else torch.empty(0, 0, dtype=torch.int32, device=x2.device)
     args = (x2, w_in.contiguous(), b_in.contiguous(), wt, depth, n_trees)
-    if backend == "native":
-        return mod.forward(*args, 0 if version is None else version, r, out)
-    if backend == "mkl":
-        return mod.forward(*args, 0 if version is None else version, r, out)
+    version = 0 if version is None else version
+    if backend in ("native", "mkl"):
+        return mod.forward(*args, version, r, out)
     stream = torch.cuda.current_stream(x2.device).cuda_stream
-    return mod.forward(*args, 0 if version is None else version, r, out, stream)
+    return mod.forward(*args, version, r, out, stream)
 
 
 def _auto(device: torch.device, dtype: torch.dtype) -> str:
