@@ -1,4 +1,6 @@
-"""The ``ufkit`` command line: ``ufkit finetune``, ``ufkit evaluate``, ``ufkit benchmark``, ``ufkit bench-fff``.
+"""The ``ufkit`` command line: ``finetune``, ``evaluate``, ``benchmark``, ``quantize``, ``bench-fff``.
+
+``ufkit evaluate`` and ``ufkit benchmark`` given a folder written by ``ufkit quantize`` run every variant in it.
 
 Bad input (an unknown model path, missing data, an unknown column, a bad batch size) ends with exit code 2
 and one line on standard error that names the argument: ``error: --batch-size must be ...``.
@@ -115,15 +117,31 @@ def evaluate(
     text_column: str = TextOpt,
     label_column: str = LabelOpt,
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Sequences per forward pass."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads for ONNX variants (default: UFKIT_THREADS or 2)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write metrics.csv into."),
 ):
-    """Accuracy, precision, recall and F1 of a classifier on a split."""
+    """Accuracy, precision, recall and F1 of a classifier on a split.
+
+    Given a folder written by `ufkit quantize`, evaluates every variant in it and adds the degradation against
+    fp32 and the agreement of predictions with fp32.
+    """
     from .evaluate import evaluate as evaluate_model
     from .models import load_model
+    from .quantize import evaluate_variants, is_variant_folder
 
     _positive("--batch-size", batch_size)
+    _positive("--threads", threads)
     task = _load_task(data, subset, text_column, label_column)
     ds = task[split]
+    if model is not None and is_variant_folder(model):
+        df = evaluate_variants(model, ds, threads=threads, batch_size=batch_size)
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
+            df.to_csv(output / "metrics.csv")
+        cols = ["n", "accuracy", "precision_macro", "recall_macro", "f1_macro", "accuracy_drop", "agreement",
+                "degraded"]
+        typer.echo(df[cols].astype({"n": int}).to_string(float_format=lambda v: f"{v:.2f}"))
+        return
     net, tokenizer = load_model(model)
     if net.config.num_labels != task.num_labels:
         raise UfkitError(f"--model has {net.config.num_labels} labels but --data has {task.num_labels}")
@@ -148,9 +166,15 @@ def benchmark(
     threads: Optional[int] = typer.Option(None, help="Torch threads (default: UFKIT_THREADS or torch's)."),
     warmup: int = typer.Option(10, help="Untimed runs."),
     iters: int = typer.Option(50, help="Timed runs."),
+    variant: Optional[List[str]] = typer.Option(None, "--variant", help="For a `ufkit quantize` folder: variants to time (repeat; default all)."),
+    compile_: bool = typer.Option(False, "--compile", help="For a `ufkit quantize` folder: also time torchao int8 under torch.compile."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for results.db (default: ufkit's results folder)."),
 ):
-    """Latency (ms), throughput (sequences/s), size (MB) and peak memory of a model on real sentences."""
+    """Latency (ms), throughput (sequences/s), size (MB) and peak memory of a model on real sentences.
+
+    Given a folder written by `ufkit quantize`, times every variant at the same thread count (PyTorch's
+    intra-op threads and ONNX Runtime's intra-op threads alike) on the same sentences.
+    """
     from . import config
     from .bench import benchmark as run_benchmark
     from .models import load_model
@@ -163,10 +187,26 @@ def benchmark(
         raise UfkitError(f"--seq-len must be at least 3, got {seq_len}")
     task = _load_task(data, subset, text_column, label_column)
     texts = list(task[split]["text"])
-    net, tokenizer = load_model(model)
     db = (output / "results.db") if output is not None else config.results_db()
     import pandas as pd
     from tqdm.auto import tqdm
+
+    from .quantize import benchmark_variants, is_variant_folder
+
+    if model is not None and is_variant_folder(model):
+        if seq_len is not None:
+            raise UfkitError("--seq-len is not supported for a `ufkit quantize` folder; it times natural lengths")
+        df = benchmark_variants(model, texts, batch_sizes=batch_size, variants=variant or None,
+                                include_compiled=compile_, threads=threads, n_warmup=warmup, n_iters=iters,
+                                db_path=db)
+        cols = ["variant", "batch_size", "latency_ms_mean", "latency_ms_std", "latency_ms_p50", "latency_ms_p95",
+                "throughput_seq_per_s", "size_mb", "peak_mem_mb", "threads"]
+        typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        typer.echo(f"results appended to {db} (table quantize_bench)")
+        return
+    if variant or compile_:
+        raise UfkitError("--variant and --compile need a folder written by `ufkit quantize` as --model")
+    net, tokenizer = load_model(model)
 
     rows = [run_benchmark(net, tokenizer, texts, name=model or "default", batch_size=b, seq_len=seq_len,
                           n_warmup=warmup, n_iters=iters, threads=threads, db_path=db)
@@ -176,6 +216,57 @@ def benchmark(
             "latency_ms_p95", "throughput_seq_per_s", "size_mb", "peak_mem_mb", "threads"]
     typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     typer.echo(f"results appended to {db}")
+
+
+@app.command()
+@_errors_as_one_line
+def quantize(
+    model: str = typer.Option(..., "--model", "-m", help="Fine-tuned classifier: local folder or Hugging Face id."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write, one sub-folder per variant."),
+    variant: Optional[List[str]] = typer.Option(None, "--variant", help="Variant to make (repeat; default all): "
+                                                "pytorch_fp32, torchao_int8, onnx_fp32, onnx_optimized, "
+                                                "onnx_int8_dynamic, onnx_int8_dynamic_per_channel, onnx_int8_static, "
+                                                "onnx_int8_auto."),
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    calibration_split: str = typer.Option("train", help="Split whose sentences calibrate onnx_int8_static."),
+    calibration_size: int = typer.Option(512, help="Calibration sentences (seeded sample)."),
+    validation_split: str = typer.Option("validation", help="Labeled split on which onnx_int8_auto keeps its budget."),
+    validation_size: Optional[int] = typer.Option(None, help="Use a seeded sample of this many validation sentences."),
+    budget: float = typer.Option(1.0, help="Accuracy points onnx_int8_auto may lose against fp32."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: UFKIT_THREADS or 2)."),
+    resume: bool = typer.Option(False, help="Keep complete variants already in OUTPUT."),
+):
+    """Write fp32, torchao int8, ONNX, ORT-optimized and ORT int8 variants of a classifier into OUTPUT."""
+    from .data import subset as sample
+    from .quantize import VARIANTS, check_classifier, check_writable, quantize as run
+
+    _positive("--calibration-size", calibration_size)
+    _positive("--validation-size", validation_size)
+    _positive("--threads", threads)
+    if budget < 0:
+        raise UfkitError(f"--budget must be a non-negative number of accuracy points, got {budget}")
+    wanted = variant or list(VARIANTS)
+    unknown = [v for v in wanted if v not in VARIANTS]
+    if unknown:
+        raise UfkitError(f"--variant {unknown[0]!r} is not one of {', '.join(VARIANTS)}")
+    # Fail on the model and the folder before loading any data.
+    check_classifier(model)
+    check_writable(output)
+    calibration = validation = None
+    if "onnx_int8_static" in wanted or "onnx_int8_auto" in wanted:
+        task = _load_task(data, subset, text_column, label_column)
+        if "onnx_int8_static" in wanted:
+            calibration = list(sample(task[calibration_split], calibration_size, seed=0)["text"])
+        if "onnx_int8_auto" in wanted:
+            validation = sample(task[validation_split], validation_size, seed=0)
+    df = run(model, output, variants=wanted, calibration_texts=calibration, validation=validation, budget=budget,
+             threads=threads, skip_existing=resume)
+    typer.echo(df[["variant", "size_mb", "seconds"]].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    typer.echo(f"variants written to {output}; next: ufkit benchmark --model {output}, "
+               f"ufkit evaluate --model {output}")
 
 
 def _parse_config(text: str) -> tuple[int, int]:
