@@ -37,3 +37,24 @@ def test_errors(tmp_path):
         load_model(tmp_path / "empty")
     with pytest.raises(ModelError, match="num_labels must be at least 2"):
         load_model(None, num_labels=1)
+
+
+def test_truncate_layers_round_trip(tiny_model_dir, tmp_path):
+    import pytest
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from ufkit.models import ModelError, load_model, save_model, truncate_layers
+
+    model, tok = load_model(tiny_model_dir)
+    batch = dict(tok(["a fine film"], return_tensors="pt"))
+    first = model.bert.encoder.layer[0]
+    truncate_layers(model, 1)
+    assert model.config.num_hidden_layers == 1 and len(model.bert.encoder.layer) == 1
+    assert model.bert.encoder.layer[0] is first
+    save_model(model, tok, tmp_path / "l1")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "l1").eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, again(**batch).logits)
+    with pytest.raises(ModelError, match="num_hidden_layers must be an integer in \\[1, 1\\]"):
+        truncate_layers(model, 2)

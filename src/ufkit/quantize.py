@@ -543,6 +543,55 @@ def auto_quantize(optimized: str | os.PathLike, dst: str | os.PathLike, tokenize
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the small model int8 breaks
+
+
+SMALL_MODEL_NAME = "minilm-l2-sst2"
+
+
+def load_small_classifier(num_hidden_layers: int = 2, holdout: int = 2000, n_train: int | None = None,
+                          progress: bool = True):
+    """The first ``num_hidden_layers`` layers of MiniLM-L6-H384, fine-tuned on SST-2: a model int8 can break.
+
+    The packaged MiniLM encoder is truncated (:func:`ufkit.models.truncate_layers`) and fine-tuned with the
+    teacher's recipe (:func:`ufkit.train.teacher_config`) on the SST-2 training split minus ``holdout`` seeded
+    sentences, which are returned as a labeled split the model never saw, for the safety net's budget. Cached in
+    ``ufkit.config.cache_dir() / "minilm-l{N}-sst2"`` ("load if present, else train").
+
+    Args:
+        n_train: fine-tune on this many of the remaining training sentences (None: all).
+
+    Returns:
+        ``(model, tokenizer, info, heldout)``; ``heldout`` is a `datasets.Dataset` with ``text`` and ``label``.
+    """
+    from datasets import DatasetDict
+
+    from . import config
+    from .data import TaskData, load_sst2
+    from .models import load_model, save_model, truncate_layers
+    from .train import load_or_finetune, teacher_config
+
+    task = load_sst2()
+    split = task["train"].train_test_split(test_size=holdout, seed=0)
+    base = config.cache_dir() / f"minilm-l{num_hidden_layers}-base"
+    if not (base / "config.json").is_file():
+        from transformers import AutoModel
+
+        from .models import _quiet_transformers, default_model_path
+
+        _, tokenizer = load_model(None)
+        with _quiet_transformers():
+            encoder = AutoModel.from_pretrained(default_model_path(), local_files_only=True)
+        save_model(truncate_layers(encoder, num_hidden_layers), tokenizer, base)
+    trimmed = TaskData(DatasetDict(train=split["train"], validation=task["validation"]), task.label_names,
+                       f"{task.source} (train minus {holdout} held-out sentences)")
+    model, tokenizer, info = load_or_finetune(config.cache_dir() / f"minilm-l{num_hidden_layers}-sst2",
+                                              model_name=str(base), task=trimmed, cfg=teacher_config(),
+                                              n_train=n_train, progress=progress)
+    return model, tokenizer, info, split["test"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # the whole pipeline
 
 
@@ -715,14 +764,19 @@ def _variant_rows(folder, variants, include_compiled):
 def benchmark_variants(folder: str | os.PathLike, texts: Sequence[str] | None = None, *,
                        batch_sizes: Sequence[int] = (1, 32), variants: Sequence[str] | None = None,
                        include_compiled: bool = False, threads: int | None = None, n_warmup: int = 10,
-                       n_iters: int = 50, db_path: str | os.PathLike | None = None, model_name: str | None = None,
-                       progress: bool = True) -> pd.DataFrame:
+                       n_iters: int = 50, max_seconds: float | None = None, db_path: str | os.PathLike | None = None,
+                       model_name: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Time every variant of a :func:`quantize` folder at the same thread count on the same real sentences.
 
     PyTorch runs with ``torch.set_num_threads(threads)`` and ONNX Runtime with ``intra_op_num_threads=threads``
     (inter-op 1); ``threads`` defaults to :func:`ufkit.config.bench_threads`. Columns are those of
     :func:`ufkit.bench.benchmark` (latency in ms, throughput in sequences/s, size in MB of the variant's files,
     peak memory) plus ``variant``, ``model`` and ``compile_s`` (``torch.compile`` warm-up time, compiled row only).
+
+    Args:
+        max_seconds: cap on the timed runs of one row: a variant whose single call takes longer than
+            ``max_seconds / n_iters`` is timed fewer times (at least 5; the row's ``n_iters`` says how many), so
+            a slow backend does not stall the sweep.
     """
     import torch
     from tqdm.auto import tqdm
@@ -749,9 +803,20 @@ def benchmark_variants(folder: str | os.PathLike, texts: Sequence[str] | None = 
             extra["compile_s"] = time.perf_counter() - t0
             torch.set_num_threads(old)
         for b in batch_sizes:
+            iters = n_iters
+            if max_seconds is not None:
+                probe = make_batches(tokenizer, list(texts or ["a probe"]), b, n_batches=1)[0]
+                old = torch.get_num_threads()
+                torch.set_num_threads(threads)
+                with torch.inference_mode():
+                    t0 = time.perf_counter()
+                    model(**probe)
+                    once = time.perf_counter() - t0
+                torch.set_num_threads(old)
+                iters = max(5, min(n_iters, int(max_seconds / max(once, 1e-9))))
             frames.append(benchmark(model, tokenizer, texts, name=f"{model_name}/{name}", batch_size=b,
-                                    n_warmup=n_warmup, n_iters=n_iters, threads=threads, size_mb=info["size_mb"],
-                                    db_path=db_path, table="quantize_bench", extra=extra))
+                                    n_warmup=min(n_warmup, iters), n_iters=iters, threads=threads,
+                                    size_mb=info["size_mb"], db_path=db_path, table="quantize_bench", extra=extra))
         del model
     return pd.concat(frames, ignore_index=True)
 
