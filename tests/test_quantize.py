@@ -134,6 +134,19 @@ def test_interrupted_run_leaves_nothing_loadable(tiny_model_dir, tmp_path, monke
     df = Q.quantize(tiny_model_dir, out, variants=["onnx_int8_dynamic"], skip_existing=True, progress=False)
     assert list(df["variant"]) == ["onnx_int8_dynamic"]
     Q.load_variant(out / "onnx_int8_dynamic", threads=1)
+    assert Q.quantize(tiny_model_dir, out, variants=["onnx_int8_dynamic"], skip_existing=True,
+                      progress=False).empty  # nothing left to do
+    # a changed model is not a cache hit: every variant is remade from it
+    import os
+
+    weights = next(tiny_model_dir.glob("*.safetensors"))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        df = Q.quantize(tiny_model_dir, out, variants=["onnx_int8_dynamic"], skip_existing=True, progress=False)
+    finally:
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert list(df["variant"]) == ["onnx_fp32", "onnx_optimized", "onnx_int8_dynamic"]
 
 
 def test_bad_models_and_folders(tiny_model_dir, tmp_path):

@@ -595,6 +595,22 @@ def load_small_classifier(num_hidden_layers: int = 2, holdout: int = 2000, n_tra
 # the whole pipeline
 
 
+def _fingerprint(source: str) -> str:
+    """Names, sizes and modification times of a local model folder's files (the hub id for a remote model)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return source
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(folder.iterdir())
+                    if f.is_file())
+
+
+def _is_current(path: Path, recipe: dict) -> bool:
+    """A complete variant made from the same model files with the same settings (else it is remade)."""
+    if not (path / MARKER).is_file():
+        return False
+    return json.loads((path / MARKER).read_text()).get("recipe") == recipe
+
+
 def _save_torchao(source: str, out: Path) -> dict:
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TorchAoConfig
@@ -626,7 +642,8 @@ def quantize(model: str | os.PathLike | None, output: str | os.PathLike, *, vari
         validation (`datasets.Dataset`): labeled sentences for ``onnx_int8_auto`` (required for it).
         budget: accuracy points ``onnx_int8_auto`` may lose on ``validation``.
         threads: ORT threads while searching (default :func:`ufkit.config.bench_threads`).
-        skip_existing: keep complete variants already in ``output`` (a resumable run).
+        skip_existing: keep complete variants already in ``output`` that were made from the same model files
+            with the same settings (a resumable run, and a cache); others are remade.
 
     Returns:
         DataFrame, one row per variant written: ``variant``, ``description``, ``size_mb``, ``seconds`` (time to
@@ -656,7 +673,10 @@ def quantize(model: str | os.PathLike | None, output: str | os.PathLike, *, vari
         needs |= {"onnx_optimized", "onnx_fp32"}
     if "onnx_optimized" in needs:
         needs.add("onnx_fp32")
-    todo = [v for v in VARIANTS if v in needs and not (skip_existing and (out / v / MARKER).is_file())]
+    recipe = {"source_fingerprint": _fingerprint(source), "budget": budget,
+              "n_calibration": len(calibration_texts or []), "n_validation": None if validation is None else
+              len(validation)}
+    todo = [v for v in VARIANTS if v in needs and not (skip_existing and _is_current(out / v, recipe))]
     for stale in out.glob(".*.tmp-*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -664,7 +684,7 @@ def quantize(model: str | os.PathLike | None, output: str | os.PathLike, *, vari
     rows = []
     for name in tqdm(todo, desc="quantize", disable=not progress):
         t0 = time.perf_counter()
-        info = {"source": str(model if model is not None else source)}
+        info = {"source": str(model if model is not None else source), "recipe": recipe}
         # info is filled in place: the context manager writes it as the marker when the block succeeds
         with _atomic_variant(out, name, info) as tmp:
             if name == "pytorch_fp32":
