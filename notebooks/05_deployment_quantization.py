@@ -44,7 +44,7 @@ N_SMALL_TRAIN = config.pick(None, 256)  # 2-layer fine-tune (None: the rest of t
 N_DEV = config.pick(None, 64)  # dev sentences evaluated (None: all 872)
 N_BENCH_TEXTS = config.pick(512, 32)  # dev sentences the benchmark draws its batches from
 BATCH_SIZES = config.pick([1, 32], [1, 4])
-WARMUP, ITERS = config.pick((10, 50), (1, 3))
+WARMUP, ITERS = config.pick((10, 200), (1, 3))
 MAX_SECONDS = config.pick(30.0, 3.0)  # per row; a slow backend is timed fewer times (the table says how many)
 COMPILE = config.pick(True, False)  # torch.compile costs minutes; at full size only
 BUDGET = 1.0  # accuracy points the safety net may lose
@@ -106,8 +106,8 @@ for name, out in out_dirs.items():
 #
 # PyTorch runs with `torch.set_num_threads(THREADS)`, ONNX Runtime with `intra_op_num_threads=THREADS` and one
 # inter-op thread. Inputs are real SST-2 dev sentences at their natural length (padded to the longest in a batch),
-# the same pool for every variant; 10 warm-up calls, then 50 timed ones. At full size the rows are stored in
-# `results/quantize_bench.csv` and a rebuild loads them.
+# the same pool for every variant; 10 warm-up calls, then 200 timed ones (fewer where 200 would take over 30 s).
+# At full size the rows are stored in `results/quantize_bench.csv` and a rebuild loads them.
 
 # %%
 bench_csv = config.results_dir() / "quantize_bench.csv"
@@ -143,8 +143,10 @@ scores[["model", "variant", "accuracy", "f1_macro", "accuracy_drop", "agreement"
 # %% [markdown]
 # ## Results in fast-bert's form
 #
-# Size is the variant's folder (weights, graph and tokenizer files). Latency is the mean of the timed calls, in ms;
-# throughput is sequences per second at batch 32; speed-up is against PyTorch fp32 eager at batch 1.
+# Size is the variant's folder (weights, graph and tokenizer files). Latency is the mean of the timed calls, in ms,
+# with their standard deviation and 95th percentile; throughput is sequences per second at batch 32. Speed-ups
+# are against PyTorch fp32 eager at batch 1, of the means and of the medians: at two threads a call now and then
+# stalls for a few ms (the std column), and the median is the steadier of the two.
 
 # %%
 b1 = timings[timings["batch_size"] == 1].set_index(["model", "variant"])
@@ -159,8 +161,11 @@ table = pd.DataFrame({
     "accuracy (%)": acc["accuracy"].reindex(b1.index.map(lambda k: (k[0], k[1].replace("_compiled", "")))).values,
     "F1 (%)": acc["f1_macro"].reindex(b1.index.map(lambda k: (k[0], k[1].replace("_compiled", "")))).values,
 })
+models_of = table.index.get_level_values(0)
 fp32_b1 = table["latency b1 (ms)"].xs("pytorch_fp32", level="variant")
-table["speed-up b1"] = table["latency b1 (ms)"].rdiv(fp32_b1.reindex(table.index.get_level_values(0)).values)
+table["speed-up b1"] = table["latency b1 (ms)"].rdiv(fp32_b1.reindex(models_of).values)
+p50 = b1["latency_ms_p50"]
+table["speed-up b1 (median)"] = p50.rdiv(p50.xs("pytorch_fp32", level="variant").reindex(models_of).values)
 table["accuracy drop"] = table["accuracy (%)"].rsub(
     table["accuracy (%)"].xs("pytorch_fp32", level="variant").reindex(table.index.get_level_values(0)).values)
 table["timed calls b1"] = b1["n_iters"]
@@ -213,6 +218,27 @@ for name, out in out_dirs.items():
 pd.DataFrame(rows).set_index("model").round(2)
 
 # %% [markdown]
+# With the default budget of 1 point, the safety net had nothing to do for either model: quantizing every node
+# cost less than that on the held-out split. To see it work, here is the 2-layer model again under a stricter
+# budget of 0.25 points, reusing the sensitivity table above, with the kept nodes' cost timed at batch 1
+# against all-int8.
+
+# %%
+strict_dir = config.cache_dir() / "quantized" / "strict-budget"
+strict_dir.mkdir(parents=True, exist_ok=True)
+out = out_dirs["MiniLM-L2"]
+sens = pd.read_csv(out / "onnx_int8_auto" / "sensitivity.csv")
+strict = Q.auto_quantize(out / "onnx_optimized" / Q.ONNX_FILE, strict_dir / Q.ONNX_FILE, tokenizer, heldout,
+                         budget=0.25, sensitivity_df=sens, threads=THREADS)
+display(strict[["n_fp32", "kept_fp32", "accuracy", "accuracy_drop", "agreement", "within_budget"]].round(2))
+texts = list(subset(task["validation"], N_BENCH_TEXTS, seed=0)["text"])
+pd.concat([bench.benchmark(Q.OnnxClassifier(path, THREADS), tokenizer, texts, name=name, batch_size=1,
+                           n_warmup=WARMUP, n_iters=ITERS, threads=THREADS, size_mb=path.stat().st_size / 1e6)
+           for name, path in [("all int8", out / "onnx_int8_dynamic" / Q.ONNX_FILE),
+                              ("strict budget", strict_dir / Q.ONNX_FILE)]]
+          )[["name", "latency_ms_mean", "latency_ms_p50", "size_mb"]].round(2)
+
+# %% [markdown]
 # ## Accuracy against latency
 
 # %%
@@ -245,16 +271,24 @@ plt.show()
 # %%
 int8 = table[table.index.get_level_values("variant").str.contains("int8")]
 ok = int8[int8["accuracy drop"] <= 1.0]
-best = ok.loc["MiniLM-L6"].sort_values("speed-up b1").iloc[-1:] if "MiniLM-L6" in ok.index else ok.iloc[:0]
+# onnx_int8_auto is left out of the choice when it kept nothing in fp32: it is then the same graph as
+# onnx_int8_dynamic, and picking the faster of two timings of one model would pick noise.
+same = [(m, "onnx_int8_auto") for m in out_dirs
+        if not json.loads((out_dirs[m] / "onnx_int8_auto" / Q.MARKER).read_text())["kept_fp32"]]
+ok = ok.drop(index=[k for k in same if k in ok.index])
+best = ok.loc[["MiniLM-L6"]].sort_values("speed-up b1 (median)").iloc[-1:] if "MiniLM-L6" in ok.index else ok.iloc[:0]
 checks = pd.DataFrame([
     {"target": "MiniLM-L6 int8: ≥ 3x at batch 1, ≤ 1 point",
-     "variant": best.index[0] if len(best) else "none",
+     "variant": best.index[0][1] if len(best) else "none",
      "speed-up b1": best["speed-up b1"].iloc[0] if len(best) else np.nan,
+     "speed-up b1 (median)": best["speed-up b1 (median)"].iloc[0] if len(best) else np.nan,
      "accuracy drop": best["accuracy drop"].iloc[0] if len(best) else np.nan},
     {"target": "MiniLM-L2 safety net: ≤ 1 point", "variant": "onnx_int8_auto",
      "speed-up b1": table.loc[("MiniLM-L2", "onnx_int8_auto"), "speed-up b1"],
+     "speed-up b1 (median)": table.loc[("MiniLM-L2", "onnx_int8_auto"), "speed-up b1 (median)"],
      "accuracy drop": table.loc[("MiniLM-L2", "onnx_int8_auto"), "accuracy drop"]},
 ])
-checks["met"] = [bool(r["accuracy drop"] <= 1.0 and (i > 0 or r["speed-up b1"] >= 3)) for i, r in checks.iterrows()]
+checks["met"] = [bool(r["accuracy drop"] <= 1.0 and (i > 0 or min(r["speed-up b1"], r["speed-up b1 (median)"]) >= 3))
+                 for i, r in checks.iterrows()]
 print(f"machine: {bench.machine_summary(machine)}")
 checks.round(2)
