@@ -115,7 +115,9 @@ pd.Series(gaps, name="max |logit difference|").to_frame()
 #
 # A sample of the space is timed at batch 1 and 128 tokens of real text, in float32 and in int8 (dynamic
 # quantization of every linear layer, {func}`~ufkit.nas.supernet.quantize_int8`), the two in turns, call by call,
-# in two rounds of different random orders. The table is a data file of the book: delete
+# in two rounds of different random orders. This machine's speed drifts over minutes, so a fixed reference model
+# (`L3-H256-F768`, float32) is timed in the same turns as every measurement and each latency is scaled by
+# median(reference) / reference at that moment. The table is a data file of the book: delete
 # `results/nas_latency.csv` to measure again.
 
 # %%
@@ -123,7 +125,10 @@ lat_batch = bench.make_batches(tokenizer, bench.sample_texts(), 1, SEQ_LEN, n_ba
 latency_path = config.results_dir() / "nas_latency.csv"
 latency = build_latency_dataset(N_LATENCY_ARCHS, teacher.config, space=space, seq_len=SEQ_LEN, threads=THREADS,
                                 n_warmup=LATENCY_WARMUP, n_repeats=LATENCY_REPEATS, rounds=LATENCY_ROUNDS,
-                                batch=lat_batch, path=latency_path)
+                                batch=lat_batch, reference=space.arch(3, 256, 768), path=latency_path)
+drift = latency["reference_ms"]
+print(f"reference L3-H256-F768 between measurements: {drift.min():.2f} to {drift.max():.2f} ms "
+      f"(median {drift.median():.2f}): the drift divided out")
 wide = latency.pivot_table(index=["num_hidden_layers", "hidden_size", "intermediate_size"], columns="quant",
                            values="latency_ms").reset_index()
 wide["int8 speedup"] = wide["fp32"] / wide["int8"]

@@ -314,6 +314,26 @@ def test_latency_dataset(tmp_path, teacher, space, monkeypatch):
         build_latency_dataset(archs, teacher.config, path=tmp_path / "lat.csv", **{**kw, "seq_len": 8})
 
 
+def test_latency_dataset_divides_out_drift(teacher, space, monkeypatch):
+    """With a reference, each run is scaled by median(reference) / reference at that moment."""
+    import ufkit.nas.latency as lat
+
+    archs = [space.largest, space.smallest]
+    # the machine gets twice as slow for the second architecture timed: reference and model alike
+    speed = iter([1.0, 2.0])
+
+    def drifting(models, batch, n_warmup, n_repeats, threads):
+        factor = next(speed)
+        return {k: np.full(n_repeats, (10.0 if k == "reference" else 4.0) * factor) for k in models}
+
+    monkeypatch.setattr(lat, "_time_interleaved", drifting)
+    df = build_latency_dataset(archs, teacher.config, quant="fp32", seq_len=8, threads=1, n_warmup=0, n_repeats=2,
+                               reference=ArchConfig(1, 32, 32), progress=False)
+    assert sorted(df["latency_ms_raw"]) == [4.0, 8.0]
+    assert np.allclose(df["latency_ms"], 4.0 * 15.0 / 10.0)  # both scaled to the reference's median, 15 ms
+    assert sorted(df["reference_ms"]) == [10.0, 20.0]
+
+
 def test_measure_latency_and_int8_model(teacher, space):
     q = build_model(ArchConfig(1, 32, 32), teacher.config, "int8")
     assert any("quantized" in type(m).__module__ for m in q.modules())

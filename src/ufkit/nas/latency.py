@@ -99,7 +99,7 @@ def _time_interleaved(models: dict[str, nn.Module], batch: dict, n_warmup: int, 
 
 def measure_latency(arch: ArchConfig, source, *, quant="int8", seq_len: int = 128, batch_size: int = 1,
                     threads: int | None = None, n_warmup: int = 5, n_repeats: int = 20, batch: dict | None = None,
-                    seed: int = 0) -> pd.DataFrame:
+                    seed: int = 0, reference_model: nn.Module | None = None) -> pd.DataFrame:
     """Time one sub-architecture's forward pass: ``n_warmup`` untimed calls, then the median of ``n_repeats``.
 
     The model is built by :func:`build_model` (a plain Hugging Face model, int8 by ``torch.ao`` dynamic quantization
@@ -114,6 +114,7 @@ def measure_latency(arch: ArchConfig, source, *, quant="int8", seq_len: int = 12
         threads: torch intra-op threads (default :func:`ufkit.config.bench_threads`); restored after.
         batch: the inputs (e.g. :func:`ufkit.bench.make_batches` of real sentences); default: random token ids of
             the given shape.
+        reference_model: a model timed in the same turns; its median is the ``reference_ms`` column.
 
     Returns:
         `pandas.DataFrame`, one row per quantization: the arch's fields, ``quant``, ``seq_len``, ``batch_size``,
@@ -137,14 +138,18 @@ def measure_latency(arch: ArchConfig, source, *, quant="int8", seq_len: int = 12
                            f"{base.max_position_embeddings}")
         batch = _default_batch(base.vocab_size, batch_size, seq_len, seed)
     models = {q: build_model(arch, source, q) for q in quants}
+    if reference_model is not None:  # timed in the same turns, so that it sees the same machine
+        models["reference"] = reference_model
     times = _time_interleaved(models, batch, n_warmup, n_repeats, threads)
+    ref = times.pop("reference", None)
     shape = batch["input_ids"].shape
     rows = []
     for q, t in times.items():
         rows.append({**arch.to_dict(), "quant": q, "seq_len": int(shape[1]), "batch_size": int(shape[0]),
                      "threads": threads, "n_repeats": n_repeats, "latency_ms": float(np.median(t)),
                      "latency_ms_min": float(t.min()),
-                     "latency_ms_iqr": float(np.percentile(t, 75) - np.percentile(t, 25))})
+                     "latency_ms_iqr": float(np.percentile(t, 75) - np.percentile(t, 25)),
+                     **({"reference_ms": float(np.median(ref))} if ref is not None else {})})
     return pd.DataFrame(rows)
 
 
@@ -166,7 +171,7 @@ def sample_archs(space: SearchSpace, n: int, seed: int = 0) -> list[ArchConfig]:
 def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, quant=QUANTS, seq_len: int = 128,
                           batch_size: int = 1, threads: int | None = None, n_warmup: int = 5, n_repeats: int = 20,
                           rounds: int = 1, batch: dict | None = None, path: str | Path | None = None, seed: int = 0,
-                          progress: bool = True) -> pd.DataFrame:
+                          reference: ArchConfig | None = None, progress: bool = True) -> pd.DataFrame:
     """A latency table: every architecture timed in every quantization (:func:`measure_latency`).
 
     Architectures are timed in a seeded random order, so that a slow spell of the machine does not fall on one
@@ -182,6 +187,10 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
         space: the space to sample from (default: the super-model's, or :meth:`SearchSpace.from_config`).
         quant, seq_len, batch_size, threads, n_warmup, n_repeats, batch: as in :func:`measure_latency`.
         rounds: passes over the whole table.
+        reference: a fixed architecture timed in float32 in the same turns as every measurement. The machine's speed drifts
+            over minutes (on a shared virtual machine by 15 to 20 %), alike for every model; each latency is scaled
+            by ``median(reference) / reference now``, which divides that drift out. ``latency_ms_raw`` keeps the
+            unscaled median and ``reference_ms`` the reference's time beside it.
         path: CSV file to load from or write to (None: measure, store nothing).
 
     Returns:
@@ -212,7 +221,8 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
     recipe = {"archs": [a.short() for a in archs], "quant": list(quants), "seq_len": seq_len, "batch_size": batch_size,
               "threads": threads, "n_warmup": n_warmup, "n_repeats": n_repeats, "rounds": int(rounds),
               "cpu_model": machine["cpu_model"],
-              "torch_version": machine["torch_version"], "custom_batch": batch is not None}
+              "torch_version": machine["torch_version"], "custom_batch": batch is not None,
+              **({"reference": reference.short()} if reference is not None else {})}
     if path is not None:
         path = Path(path)
         meta = Path(str(path) + ".json")
@@ -221,21 +231,35 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
     rng = np.random.default_rng(seed)
     parts = {i: [] for i in range(len(archs))}
     bar = tqdm(total=rounds * len(archs), desc="latency table", disable=not progress)
+    ref_model = build_model(reference, source, "fp32") if reference is not None else None
+    if ref_model is not None and batch is None:
+        batch = _default_batch((source.config if isinstance(source, SuperBert) else source).vocab_size, batch_size,
+                               seq_len, seed)
     for _ in range(rounds):
         for i in rng.permutation(len(archs)):
             parts[i].append(measure_latency(archs[i], source, quant=quants, seq_len=seq_len, batch_size=batch_size,
                                             threads=threads, n_warmup=n_warmup, n_repeats=n_repeats, batch=batch,
-                                            seed=seed))
+                                            seed=seed, reference_model=ref_model))
             bar.update(1)
     bar.close()
+    if ref_model is not None:  # divide the machine's drift out: scale every run to the reference's median
+        typical = float(np.median([p["reference_ms"].iloc[0] for runs in parts.values() for p in runs]))
+        for runs in parts.values():
+            for p in runs:
+                p["latency_ms_raw"] = p["latency_ms"]
+                scale = typical / p["reference_ms"]
+                for col in ("latency_ms", "latency_ms_min", "latency_ms_iqr"):
+                    p[col] = p[col] * scale
     rows = []
     for i in range(len(archs)):
         runs = pd.concat(parts[i], ignore_index=True)
-        agg = runs.groupby("quant", sort=False).agg(latency_ms=("latency_ms", "median"),
-                                                    latency_ms_min=("latency_ms_min", "min"),
-                                                    latency_ms_iqr=("latency_ms_iqr", "median"))
+        spec = dict(latency_ms=("latency_ms", "median"), latency_ms_min=("latency_ms_min", "min"),
+                    latency_ms_iqr=("latency_ms_iqr", "median"))
+        if ref_model is not None:
+            spec.update(latency_ms_raw=("latency_ms_raw", "median"), reference_ms=("reference_ms", "median"))
+        agg = runs.groupby("quant", sort=False).agg(**spec)
         first = runs.drop_duplicates("quant").set_index("quant")
-        first[["latency_ms", "latency_ms_min", "latency_ms_iqr"]] = agg
+        first[list(spec)] = agg
         rows.append(first.reset_index())
     df = pd.concat(rows, ignore_index=True)
     df.insert(df.columns.get_loc("n_repeats") + 1, "rounds", int(rounds))
