@@ -114,11 +114,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, num_labels: int
     return model, tokenizer
 
 
-def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
-    """Save model (safetensors) and tokenizer with ``save_pretrained``, atomically.
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yield a temporary sibling of ``path`` to write into; on success it replaces ``path`` in one rename.
 
-    Writes into a temporary sibling folder and renames it into place, so an interrupted save never leaves a
-    half-written folder that later loads.
+    An interrupted write (an exception, Ctrl-C) removes the temporary folder, so it never leaves a half-written
+    ``path`` that later loads. Temporary folders are named ``.<name>.tmp-*``.
 
     Raises:
         ModelError: the destination's parent cannot be created or written.
@@ -126,18 +127,29 @@ def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
     path = Path(path).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     except OSError as e:
         raise ModelError(f"cannot write to {str(path.parent)!r}: {e.strerror}") from None
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model(model, tokenizer, path: str | os.PathLike) -> Path:
+    """Save model (safetensors) and tokenizer with ``save_pretrained``, atomically (:func:`atomic_folder`).
+
+    Raises:
+        ModelError: the destination's parent cannot be created or written.
+    """
+    path = Path(path).expanduser()
+    with atomic_folder(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return path
 
 

@@ -122,19 +122,13 @@ def check_writable(folder: str | os.PathLike) -> Path:
 @contextlib.contextmanager
 def _atomic_variant(out: Path, name: str, info: dict):
     """Yield a temporary folder; on success write the marker and rename it to ``out / name``."""
-    final = out / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out))
-    try:
+    from .models import atomic_folder
+
+    with atomic_folder(out / name) as tmp:
         yield tmp
         marker = {"variant": name, "description": VARIANTS.get(name, name), **info,
                   "size_mb": _folder_mb(tmp), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, default=_json_default))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _json_default(value):
