@@ -24,16 +24,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ufkit import bench, config
+from ufkit import config, measure
 from ufkit.data import load_sst2, subset, tokenize
 from ufkit.evaluate import confusion_matrix, evaluate, predict_logits
 from ufkit.models import count_parameters
-from ufkit.train import load_teacher
+from ufkit.zoo import load_teacher
 
 size = config.baseline_size()
-machine = bench.machine_info()
+machine = measure.machine_info()
 print(f"run size: {config.size()}")
-print(f"machine: {bench.machine_summary(machine)}")
+print(f"machine: {measure.machine_summary(machine)}")
 
 # %% [markdown]
 # ## The data
@@ -55,7 +55,7 @@ pd.DataFrame(rows).set_index("split").round(1)
 # ## Fine-tuning
 #
 # AdamW, learning rate 1e-4 with 10 % linear warm-up and linear decay, batch 32, one epoch, gradient clipping
-# at 1.0, seed 42 ({func}`ufkit.train.teacher_config`). The checkpoint is cached: a rebuild loads it.
+# at 1.0, seed 42 ({func}`ufkit.zoo.teacher_config`). The checkpoint is cached: a rebuild loads it.
 
 # %%
 model, tokenizer, info = load_teacher()
@@ -91,17 +91,16 @@ confusion_matrix(dev_tok["label"], predictions, ["negative", "positive"])
 # %% [markdown]
 # ## Latency and throughput
 #
-# {func}`ufkit.bench.benchmark` runs the model on real SST-2 dev sentences at their natural lengths, after
+# {func}`ufkit.measure.benchmark` runs the model on real SST-2 dev sentences at their natural lengths, after
 # warm-up runs, at a fixed thread count, and records the machine beside each row. `peak_mem_mb` is how much the
 # process's resident memory grows during a first call (activations and workspace); `peak_rss_mb` is the whole
 # process at that moment, model, Python and libraries included.
 
 # %%
 texts = list(task["validation"]["text"])
-db = config.results_db()
 results = pd.concat([
-    bench.benchmark(model, tokenizer, texts, name="MiniLM-L6 fp32", batch_size=b, n_warmup=size.bench_warmup,
-                    n_iters=size.bench_iters, db_path=db, table="baseline")
+    measure.benchmark(model, tokenizer, texts, name="MiniLM-L6 fp32", batch_size=b, n_warmup=size.bench_warmup,
+                    n_iters=size.bench_iters, table="baseline")
     for b in (1, 32)
 ], ignore_index=True)
 results[["name", "batch_size", "seq_len", "latency_ms_mean", "latency_ms_std", "latency_ms_p50",
@@ -115,8 +114,8 @@ results[["name", "batch_size", "seq_len", "latency_ms_mean", "latency_ms_std", "
 # %%
 seq_lens = config.pick([16, 32, 64, 128, 256], [16, 32])
 curve = pd.concat([
-    bench.benchmark(model, tokenizer, texts, name="MiniLM-L6 fp32", batch_size=b, seq_len=n,
-                    n_warmup=size.bench_warmup, n_iters=max(3, size.bench_iters // 2), db_path=db,
+    measure.benchmark(model, tokenizer, texts, name="MiniLM-L6 fp32", batch_size=b, seq_len=n,
+                    n_warmup=size.bench_warmup, n_iters=max(3, size.bench_iters // 2),
                     table="baseline_seq_len")
     for b in (1, 8) for n in seq_lens
 ], ignore_index=True)
@@ -145,5 +144,5 @@ summary = pd.Series({
     "size (MB)": results["size_mb"].iloc[0],
     "training time (min)": info["train_seconds"] / 60,
 }, name="MiniLM-L6 fp32").round(2)
-print(f"machine: {bench.machine_summary(machine)}")
+print(f"machine: {measure.machine_summary(machine)}")
 summary.to_frame()

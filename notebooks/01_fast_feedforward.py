@@ -14,7 +14,7 @@
 # This notebook backs the chapter [Fast feedforward](../book/01_fast_feedforward.md): it builds an
 # UltraFastBERT-1x11 feedforward layer, shows that the training form and the inference form compute the same
 # function, checks every backend against the reference, and measures the speedup over a dense feedforward
-# layer on this machine. All code lives in `ufkit.fff`, `ufkit.kernels` and `ufkit.fff_bench`.
+# layer on this machine. All code lives in `ufkit.fff`, `ufkit.fff.kernels` and `ufkit.fff.bench`.
 #
 # Run size: `UFKIT_SMOKE=1` runs a tiny sweep (for CI); the full sweep's results are cached in
 # `results/fff_bench.csv` and loaded when present.
@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 
 from ufkit import config
-from ufkit.bench import machine_info, machine_summary
+from ufkit.measure import machine_info, machine_summary
 from ufkit.fff import FFF, conformance, fff_reference
-from ufkit.fff_bench import LADDER, bench_fff, measure_ceilings, speedups
-from ufkit.kernels import available_backends, fff_forward
+from ufkit.fff.bench import LADDER, bench_fff, measure_ceilings, speedups
+from ufkit.fff.kernels import available_backends, fff_forward
 
 pd.set_option("display.width", 160)
 torch.manual_seed(0)
@@ -156,18 +156,18 @@ print(df[["cpu_model", "cpu_flags", "torch_version"]].drop_duplicates().to_strin
 
 # %%
 b = df[df.sweep == "batch"]
-s4095 = speedups(b, "dense_torch", 4095, stat="median_ms")
-s3072 = speedups(b, "dense_torch", 3072, stat="median_ms")
-table = s4095[["threads", "batch", "backend", "mean_ms", "median_ms"]].copy()
+s4095 = speedups(b, "dense_torch", 4095, stat="latency_ms_p50")
+s3072 = speedups(b, "dense_torch", 3072, stat="latency_ms_p50")
+table = s4095[["threads", "batch", "backend", "latency_ms_mean", "latency_ms_p50"]].copy()
 table["x_4095"] = s4095["speedup"].round(1)
 table["x_3072"] = s3072["speedup"].round(1)
-table["x_4095_min"] = speedups(b, "dense_torch", 4095, stat="min_ms")["speedup"].round(1)
+table["x_4095_min"] = speedups(b, "dense_torch", 4095, stat="latency_ms_min")["speedup"].round(1)
 dense_ms = b[b.backend.str.startswith("dense")].pivot_table(index=["threads", "batch"], columns=["backend", "width"],
-                                                              values="median_ms")
+                                                              values="latency_ms_p50")
 print("dense baselines, median ms per call:")
 print(dense_ms.round(2).to_string())
 print()
-print(table.sort_values(["threads", "batch", "median_ms"]).to_string(index=False, float_format="%.3f"))
+print(table.sort_values(["threads", "batch", "latency_ms_p50"]).to_string(index=False, float_format="%.3f"))
 
 # %% [markdown]
 # ### Side by side with the paper
@@ -194,11 +194,11 @@ paper
 # ### Speedup vs depth (the ladder)
 #
 # Deeper trees use fewer neurons per token (K*(D+1) falls from 3,072 at 3072x0 to 12 at 1x11), so the speedup
-# over the dense layer grows with depth. Speedups of the fastest call of each row (`min_ms`), the estimate
+# over the dense layer grows with depth. Speedups of the fastest call of each row (`latency_ms_min`), the estimate
 # least disturbed by other work on the machine; the dashed line is the FLOP ratio, the limit.
 
 # %%
-lad = speedups(df[df.sweep == "ladder"], "dense_torch", 3072, stat="min_ms")
+lad = speedups(df[df.sweep == "ladder"], "dense_torch", 3072, stat="latency_ms_min")
 fig, axes = plt.subplots(1, lad.batch.nunique(), figsize=(12, 3.2), squeeze=False)
 for ax, (batch, g) in zip(axes[0], lad.groupby("batch")):
     for backend, gg in g.groupby("backend"):
@@ -224,7 +224,7 @@ fig, ax = plt.subplots(figsize=(6, 3.6))
 for backend, g in bt.groupby(["backend", "width"]):
     g = g.sort_values("batch")
     label = backend[0] if not backend[0].startswith("dense") else f"{backend[0]} I={backend[1]}"
-    ax.errorbar(g.batch, g.mean_ms, yerr=g.std_ms, marker="o", label=label, capsize=2)
+    ax.errorbar(g.batch, g.latency_ms_mean, yerr=g.latency_ms_std, marker="o", label=label, capsize=2)
 ax.set_title(f"1x11, {int(bt.threads.max())} threads: mean +- std")
 ax.set_xscale("log")
 ax.set_yscale("log")
@@ -276,7 +276,7 @@ gpu = config.home() / "results" / "fff_bench_cuda.csv"
 if gpu.exists():
     g = pd.read_csv(gpu)
     print(g[["device", "date"]].drop_duplicates().to_string(index=False))
-    print(speedups(g)[["backend", "n_trees", "depth", "batch", "mean_ms", "speedup"]].to_string(index=False))
+    print(speedups(g)[["backend", "n_trees", "depth", "batch", "latency_ms_mean", "speedup"]].to_string(index=False))
 else:
     print("no GPU results yet: run scripts/check_fff_cuda.py on a machine with a GPU")
 

@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ufkit import bench, config
+from ufkit import config, measure
 from ufkit.data import load_sst2, subset
-from ufkit.early_exit import calibrate_speed, count_flops, exit_curves, load_or_fit, measure_latency
-from ufkit.train import load_teacher
+from ufkit.early_exit import calibrate_speed, exit_curves, load_or_fit
+from ufkit.measure import count_flops, measure_latency
+from ufkit.zoo import load_teacher
 
 datasets.disable_progress_bar()
 torch.set_num_threads(config.bench_threads())  # UFKIT_THREADS governs every cell, not only the timings
@@ -40,9 +41,9 @@ N_LATENCY = config.pick(320, 16)  # dev sentences timed, at batch 1 and in batch
 LATENCY_ROUNDS = 1
 SPEEDS = config.pick(np.round(np.linspace(0, 1, 11), 2), np.array([0.0, 0.5, 1.0]))  # the table's speeds
 PATIENCES = config.pick([1, 2, 3, 4], [1, 2])
-machine = bench.machine_info()
+machine = measure.machine_info()
 print(f"run size: {config.size()}")
-print(f"machine: {bench.machine_summary(machine)}")
+print(f"machine: {measure.machine_summary(machine)}")
 
 # %% [markdown]
 # ## Stage 1: the teacher
@@ -117,14 +118,14 @@ checks
 #
 # A random sample of dev sentences is timed, one at a time and in batches of 32; each batch runs through
 # every configuration before the next, so load from other processes touches all of them alike
-# ({func}`~ufkit.early_exit.measure_latency`). The reference is the plain Hugging Face model.
+# ({func}`~ufkit.measure.latency.measure_latency`). The reference is the plain Hugging Face model.
 
 # %%
 texts = list(subset(task["validation"], N_LATENCY)["text"])
 runners = {"full model": model, **{f"speed {s:.1f}": ee.runner(speed=s) for s in SPEEDS},
            **{f"patience {t}": ee.runner(patience=t) for t in PATIENCES}}
 latency = pd.concat([
-    measure_latency(runners, tokenizer, texts, batch_size=b, rounds=LATENCY_ROUNDS, db_path=config.results_db(),
+    measure_latency(runners, tokenizer, texts, batch_size=b, rounds=LATENCY_ROUNDS,
                     table="fastbert_latency")
     for b in (1, 32)], ignore_index=True)
 lat = latency.pivot(index="name", columns="batch_size", values="ms_per_seq")
@@ -181,7 +182,7 @@ for ax in axes:
     ax.axhline(sweep["accuracy (%)"].iloc[0] - 1.0, color="red", lw=0.8, ls=":", label="full model − 1 point")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-fig.suptitle(f"FastBERT on MiniLM-L6, SST-2 dev; {bench.machine_summary(machine)}", fontsize=9)
+fig.suptitle(f"FastBERT on MiniLM-L6, SST-2 dev; {measure.machine_summary(machine)}", fontsize=9)
 plt.tight_layout()
 plt.show()
 
@@ -211,7 +212,7 @@ exit_dist.round(1)
 speed, calib = calibrate_speed(ee, heldout, budget=1.0)
 chosen = ee.predict(dev, speed=speed, batch_size=32)
 timed = measure_latency({"full model": model, "calibrated": ee.runner(speed=speed)}, tokenizer, texts,
-                        batch_size=1, rounds=LATENCY_ROUNDS, db_path=config.results_db(), table="fastbert_latency",
+                        batch_size=1, rounds=LATENCY_ROUNDS, table="fastbert_latency",
                         extra={"speed": speed})
 ms = timed.set_index("name")["ms_per_seq"]
 # the best speed on the dev grid itself (optimistic: chosen on the data it is reported on)
@@ -231,5 +232,5 @@ result = pd.Series({
     "best dev-grid speed within 1 point": best_dev["setting"],
     "its FLOPs speedup": best_dev["flops_speedup"],
 }, name="FastBERT, MiniLM-L6, SST-2 dev")
-print(f"machine: {bench.machine_summary(machine)}")
+print(f"machine: {measure.machine_summary(machine)}")
 result.round(3).to_frame()

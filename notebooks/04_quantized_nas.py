@@ -29,12 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ufkit import bench, config
+from ufkit import config, measure
 from ufkit.data import load_sst2, subset
 from ufkit.nas import (SupernetTrainConfig, accuracy, baseline_archs, build_latency_dataset, fit_predictor,
-                       load_or_search, load_or_train, make_fitness, mape, measure_latency, minilm_space, pareto_front,
-                       quantize_int8, split_archs)
-from ufkit.train import load_teacher
+                       load_or_search, load_or_train, make_fitness, mape, minilm_space, pareto_front, split_archs,
+                       time_architecture)
+from ufkit.quantization import quantize_int8
+from ufkit.zoo import load_teacher
 
 datasets.disable_progress_bar()
 THREADS = config.bench_threads()
@@ -48,9 +49,9 @@ SEQ_LEN = 128  # tokens per sequence for every timing, at batch 1
 POPULATION = config.pick(25, 6)  # Bigger&Faster's population
 GENERATIONS = config.pick(5, 2)
 TARGETS = config.pick((0.25, 0.5), (0.5,))  # latency targets, as fractions of the teacher's int8 latency (the issue: 1/4 and 1/2)
-machine = bench.machine_info(THREADS)
+machine = measure.machine_info(THREADS)
 print(f"run size: {config.size()}")
-print(f"machine: {bench.machine_summary(machine)}")
+print(f"machine: {measure.machine_summary(machine)}")
 
 # %% [markdown]
 # ## The teacher, the data, the space
@@ -114,14 +115,14 @@ pd.Series(gaps, name="max |logit difference|").to_frame()
 # ## Stage 2a: a latency table and a predictor
 #
 # A sample of the space is timed at batch 1 and 128 tokens of real text, in float32 and in int8 (dynamic
-# quantization of every linear layer, {func}`~ufkit.nas.supernet.quantize_int8`), the two in turns, call by call,
+# quantization of every linear layer, {func}`~ufkit.quantization.torch_int8.quantize_int8`), the two in turns, call by call,
 # in two rounds of different random orders. This machine's speed drifts over minutes, so a fixed reference model
 # (`L3-H256-F768`, float32) is timed in the same turns as every measurement and each latency is scaled by
 # median(reference) / reference at that moment. The table is a data file of the book: delete
 # `results/nas_latency.csv` to measure again.
 
 # %%
-lat_batch = bench.make_batches(tokenizer, bench.sample_texts(), 1, SEQ_LEN, n_batches=1)[0]
+lat_batch = measure.make_batches(tokenizer, measure.sample_texts(), 1, SEQ_LEN, n_batches=1)[0]
 latency_path = config.results_dir() / "nas_latency.csv"
 latency = build_latency_dataset(N_LATENCY_ARCHS, teacher.config, space=space, seq_len=SEQ_LEN, threads=THREADS,
                                 n_warmup=LATENCY_WARMUP, n_repeats=LATENCY_REPEATS, rounds=LATENCY_ROUNDS,
@@ -241,7 +242,7 @@ for family, name, arch, quant in candidates:
     n_encoder = sum(p.numel() for p in model.bert.encoder.parameters()) / 1e6  # what the latency pays for
     model = quantize_int8(model) if quant == "int8" else model
     if (arch, quant) not in timed:
-        timed[arch, quant] = measure_latency(arch, supernet, quant=quant, seq_len=SEQ_LEN, threads=THREADS,
+        timed[arch, quant] = time_architecture(arch, supernet, quant=quant, seq_len=SEQ_LEN, threads=THREADS,
                                              n_warmup=LATENCY_WARMUP, n_repeats=LATENCY_REPEATS,
                                              batch=lat_batch).loc[0, "latency_ms"]
     rows.append({"family": family, "name": name, "arch": arch.short(), "quant": quant,
@@ -273,7 +274,7 @@ ax.set(xscale="log", xlabel="measured latency, batch 1, 128 tokens (ms; dashed: 
        ylabel="SST-2 dev accuracy (%)", title="Accuracy against latency")
 ax.grid(alpha=0.3)
 ax.legend(fontsize=7)
-fig.suptitle(bench.machine_summary(machine), fontsize=8)
+fig.suptitle(measure.machine_summary(machine), fontsize=8)
 plt.show()
 
 # %% [markdown]
@@ -296,5 +297,5 @@ for frac in TARGETS:
                     "fp32 search": fp.arch, "fp32 latency (ms)": fp.latency_ms,
                     "fp32 dev accuracy (%)": fp["dev accuracy (%)"],
                     "fp32 encoder params (M)": fp["encoder params (M)"]})
-print(f"machine: {bench.machine_summary(machine)}")
+print(f"machine: {measure.machine_summary(machine)}")
 pd.DataFrame(summary).round(2).T

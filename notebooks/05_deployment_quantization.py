@@ -11,7 +11,7 @@
 # %% [markdown]
 # # Deployment quantization: torchao, ONNX Runtime and int8 that does not collapse
 #
-# A fine-tuned classifier goes in; a folder of deployable variants comes out ({mod}`ufkit.quantize`, or
+# A fine-tuned classifier goes in; a folder of deployable variants comes out ({mod}`ufkit.quantization`, or
 # `ufkit quantize --model PATH --output DIR` on the command line): PyTorch fp32, torchao int8, ONNX fp32,
 # ONNX Runtime's optimized graph, and four int8 ONNX models. Every variant is then timed at the same thread
 # count on the same real sentences (`ufkit benchmark --model DIR`) and evaluated on SST-2 dev
@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ufkit import bench, config
-from ufkit import quantize as Q
+from ufkit import config, measure
+from ufkit import quantization as Q
 from ufkit.data import load_sst2, subset
-from ufkit.train import load_teacher
+from ufkit.zoo import load_small_classifier, load_teacher
 
 datasets.disable_progress_bar()
 THREADS = config.bench_threads()  # one thread count for PyTorch and ONNX Runtime alike
@@ -48,10 +48,10 @@ WARMUP, ITERS = config.pick((10, 200), (1, 3))
 MAX_SECONDS = config.pick(30.0, 3.0)  # per row; a slow backend is timed fewer times (the table says how many)
 COMPILE = config.pick(True, False)  # torch.compile costs minutes; at full size only
 BUDGET = 1.0  # accuracy points the safety net may lose
-machine = bench.machine_info(THREADS)
+machine = measure.machine_info(THREADS)
 flags = set(machine["cpu_flags"].split(","))
 print(f"run size: {config.size()}")
-print(f"machine: {bench.machine_summary(machine)}")
+print(f"machine: {measure.machine_summary(machine)}")
 print("int8 instructions: " + ", ".join(f"{f}={'yes' if f in flags else 'no'}"
                                         for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")))
 
@@ -69,7 +69,7 @@ print("int8 instructions: " + ", ".join(f"{f}={'yes' if f in flags else 'no'}"
 # %%
 task = load_sst2()
 teacher, tokenizer, teacher_info = load_teacher()
-small, _, small_info, heldout = Q.load_small_classifier(2, holdout=N_HOLDOUT, n_train=N_SMALL_TRAIN)
+small, _, small_info, heldout = load_small_classifier(2, holdout=N_HOLDOUT, n_train=N_SMALL_TRAIN)
 dev = subset(task["validation"], N_DEV)
 calibration = list(subset(task["train"], N_CALIBRATION, seed=1)["text"])
 models = {"MiniLM-L6": config.cache_dir() / "minilm-l6-sst2", "MiniLM-L2": config.cache_dir() / "minilm-l2-sst2"}
@@ -233,7 +233,7 @@ strict = Q.auto_quantize(out / "onnx_optimized" / Q.ONNX_FILE, strict_dir / Q.ON
                          budget=0.25, sensitivity_df=sens, threads=THREADS)
 display(strict[["n_fp32", "kept_fp32", "accuracy", "accuracy_drop", "agreement", "within_budget"]].round(2))
 texts = list(subset(task["validation"], N_BENCH_TEXTS, seed=0)["text"])
-pd.concat([bench.benchmark(Q.OnnxClassifier(path, THREADS), tokenizer, texts, name=name, batch_size=1,
+pd.concat([measure.benchmark(Q.OnnxClassifier(path, THREADS), tokenizer, texts, name=name, batch_size=1,
                            n_warmup=WARMUP, n_iters=ITERS, threads=THREADS, size_mb=path.stat().st_size / 1e6)
            for name, path in [("all int8", out / "onnx_int8_dynamic" / Q.ONNX_FILE),
                               ("strict budget", strict_dir / Q.ONNX_FILE)]]
@@ -259,7 +259,7 @@ for ax, name in zip(axes, out_dirs):
     ax.set_ylabel("SST-2 dev accuracy (%)")
     ax.set_title(name, fontsize=10)
     ax.legend(loc="lower left", fontsize=8)
-fig.suptitle(f"int8 red, fp32 blue; {bench.machine_summary(machine)}", fontsize=9)
+fig.suptitle(f"int8 red, fp32 blue; {measure.machine_summary(machine)}", fontsize=9)
 fig.tight_layout()
 plt.show()
 
@@ -291,5 +291,5 @@ checks = pd.DataFrame([
 ])
 checks["met"] = [bool(r["accuracy drop"] <= 1.0 and (i > 0 or min(r["speed-up b1"], r["speed-up b1 (median)"]) >= 3))
                  for i, r in checks.iterrows()]
-print(f"machine: {bench.machine_summary(machine)}")
+print(f"machine: {measure.machine_summary(machine)}")
 checks.round(2)

@@ -25,8 +25,8 @@ import torch
 
 from ufkit import config
 from ufkit.fff import conformance, n_nodes
-from ufkit.fff_bench import LADDER, bench_fff, speedups
-from ufkit.kernels import fff_forward, load_extension
+from ufkit.fff.bench import LADDER, bench_fff, speedups
+from ufkit.fff.kernels import fff_forward, load_extension
 
 
 def check_conformance(n_cases: int, device: str) -> bool:
@@ -71,7 +71,7 @@ def main() -> int:
     df = bench_fff(backends=("cuda", "torch_gather", "dense_torch"), configs=configs, batches=batches,
                    device=device, n_warmup=config.pick(5, 1), n_iters=config.pick(50, 3))
     # v1 (a thread per token) for comparison: same sweep at 1x11 only
-    import ufkit.kernels as K
+    import ufkit.fff.kernels as K
 
     gen = torch.Generator().manual_seed(0)
     H = 768

@@ -1,24 +1,24 @@
 import pytest
 
 from ufkit import UfkitError
-from ufkit.bench import benchmark, machine_info, make_batches, read_results
+from ufkit.measure import ResultsStore, benchmark, machine_info, make_batches
 from ufkit.models import load_model
 
 TEXTS = ["a gorgeous , witty , seductive movie .", "it 's a bad sign .", "the film is strictly routine .",
          "one of the year 's best films ."]
 
 
-def test_benchmark_columns_units_and_sqlite(tiny_model_dir, tmp_path):
+def test_benchmark_columns_units_and_store(tiny_model_dir, tmp_path):
     model, tok = load_model(tiny_model_dir)
-    db = tmp_path / "r.db"
-    df = benchmark(model, tok, TEXTS, name="tiny", batch_size=2, n_warmup=1, n_iters=4, threads=1, db_path=db,
-                   extra={"variant": "fp32"})
+    store = ResultsStore(tmp_path)
+    df = benchmark(model, tok, TEXTS, name="tiny", batch_size=2, n_warmup=1, n_iters=4, threads=1, table="bench",
+                   store=store, extra={"variant": "fp32"})
     row = df.iloc[0]
     for col in ("latency_ms_mean", "latency_ms_std", "latency_ms_p50", "latency_ms_p95",
                 "throughput_seq_per_s", "size_mb", "peak_mem_mb", "peak_rss_mb", "cpu_model", "cpu_flags", "threads",
-                "torch_version", "date", "variant"):
+                "torch_version", "date", "variant", "machine_id", "busy", "other_cores", "latency_ms_min"):
         assert col in df.columns
-    assert row.threads == 1 and row.batch_size == 2 and row.n_iters == 4
+    assert row.threads == 1 and row.batch_size == 2 and row.n_calls == 4
     assert row.latency_ms_p50 <= row.latency_ms_p95
     assert 0 <= row.peak_mem_mb < row.peak_rss_mb
     assert row.throughput_seq_per_s == pytest.approx(2 * 1000 / row.latency_ms_mean)
@@ -26,8 +26,8 @@ def test_benchmark_columns_units_and_sqlite(tiny_model_dir, tmp_path):
     assert row.size_mb == pytest.approx(n_params * 4 / 1e6, rel=0.05)  # fp32 parameters, MB = 10^6 bytes
     # a second run with a new column appends to the same table
     benchmark(model, tok, TEXTS, name="tiny", batch_size=1, seq_len=16, n_warmup=0, n_iters=2, threads=1,
-              db_path=db, extra={"new_column": 1})
-    stored = read_results(db, "bench")
+              table="bench", store=store, extra={"new_column": 1})
+    stored = store.read("bench")
     assert len(stored) == 2 and "new_column" in stored.columns
 
 

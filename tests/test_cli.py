@@ -48,13 +48,13 @@ def test_unknown_column_and_end_to_end(tiny_model_dir, tiny_tsv_dir, tmp_path):
     r = ufkit("benchmark", "--model", out, "--data", tiny_tsv_dir, "-b", 1, "-b", 2, "--iters", 2, "--warmup", 1,
               "--threads", 1, "--output", tmp_path / "bench")
     assert r.returncode == 0, r.stderr
-    assert "latency_ms_mean" in r.stdout and (tmp_path / "bench" / "results.db").is_file()
+    assert "latency_ms_mean" in r.stdout and (tmp_path / "bench" / "benchmark.csv").is_file()
 
 
 def test_bench_fff(tmp_path):
     r = ufkit("bench-fff", "--backend", "torch_gather", "--backend", "dense_torch", "-c", "2x3", "--batch", 5,
               "--hidden-size", 17, "--iters", 2, "--warmup", 0, "--threads", 1, "--output", tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "torch_gather" in r.stdout and (tmp_path / "results.db").is_file()
+    assert "torch_gather" in r.stdout and (tmp_path / "fff_bench.csv").is_file()
     r = ufkit("bench-fff", "-c", "11", "--output", tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "error: --config must look like KxD (n_trees x depth, e.g. 1x11), got '11'"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ufkit import UfkitError
-from ufkit.early_exit import (EarlyExitError, EarlyExitModel, FastBertClassifier, calibrate_speed, count_flops,
+from ufkit.measure import count_flops, measure_latency
+from ufkit.early_exit import (EarlyExitError, EarlyExitModel, FastBertClassifier, calibrate_speed,
                               normalized_entropy, simulate_exits)
 
 TEXTS = ["a great movie", "terrible , dull and far too long for what it is", "ok", "i loved it",

@@ -1,5 +1,5 @@
-"""Conformance of every FFF backend with the reference (ufkit.fff, ufkit.kernels), boundary checks, and the
-CUDA sources compiling with nvcc. Benchmarks live in ufkit.fff_bench, not here."""
+"""Conformance of every FFF backend with the reference (ufkit.fff, ufkit.fff.kernels), boundary checks, and the
+CUDA sources compiling with nvcc. Benchmarks live in ufkit.fff.bench, not here."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ufkit import kernels
+from ufkit.fff import kernels
 from ufkit.fff import FFF, conformance, fff_reference, fff_route, fff_training_form, n_nodes, node_usage
-from ufkit.kernels import fff_forward
+from ufkit.fff.kernels import fff_forward
 
 CPU_BACKENDS = ["torch_gather", "native", "mkl"]
 COMPILED = ["native", "mkl"]

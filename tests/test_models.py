@@ -44,7 +44,8 @@ def test_truncate_layers_round_trip(tiny_model_dir, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from ufkit.models import ModelError, load_model, save_model, truncate_layers
+    from ufkit.models import ModelError, load_model, save_model
+    from ufkit.surgery import truncate_layers
 
     model, tok = load_model(tiny_model_dir)
     batch = dict(tok(["a fine film"], return_tensors="pt"))

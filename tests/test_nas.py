@@ -13,8 +13,11 @@ import torch
 from ufkit import UfkitError
 from ufkit.nas import (ARCH_FIELDS, ArchConfig, LinearLatencyPredictor, NasError, SearchSpace, SuperBert, archs_of,
                        SupernetTrainConfig, accuracy, baseline_archs, build_latency_dataset, build_model, fit_predictor,
-                       kd_loss, linear_features, load_or_search, load_or_train, make_fitness, mape, measure_latency,
-                       minilm_space, pareto_front, rewire, sample_archs, search, split_archs)
+                       linear_features, load_or_search, load_or_train, make_fitness, mape, time_architecture,
+                       minilm_space, pareto_front, sample_archs, search, split_archs)
+from ufkit.distill import kd_loss
+from ufkit.measure import Timing
+from ufkit.surgery import rewire
 
 TEXTS = ["a great movie", "terrible , dull and far too long for what it is", "ok", "i loved it",
          "the plot is thin but the actors carry it with charm and wit", "no", "an utterly forgettable sequel",
@@ -270,7 +273,7 @@ def test_supernet_save_load_and_cache(tmp_path, teacher, space, tok, monkeypatch
     net, info = load_or_train(tmp_path / "sn", teacher, tok, _dataset(), space=space, cfg=cfg, progress=False)
     files = {p.name for p in (tmp_path / "sn").iterdir()}
     assert {"model.safetensors", "config.json", "supernet_config.json", "supernet_heads.safetensors",
-            "train_info.json"} <= files
+            "cache_info.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     assert info["steps"] == 2 and info["recipe"]["rewire"] is True
     loaded = SuperBert.from_pretrained(tmp_path / "sn")
@@ -308,7 +311,7 @@ def test_latency_dataset(tmp_path, teacher, space, monkeypatch):
     # present and measured the same way: loaded, not measured again
     import ufkit.nas.latency as lat
 
-    monkeypatch.setattr(lat, "measure_latency", lambda *a, **k: pytest.fail("measured although cached"))
+    monkeypatch.setattr(lat, "time_architecture", lambda *a, **k: pytest.fail("measured although cached"))
     pd.testing.assert_frame_equal(build_latency_dataset(archs, teacher.config, path=tmp_path / "lat.csv", **kw), df)
     with pytest.raises(pytest.fail.Exception):
         build_latency_dataset(archs, teacher.config, path=tmp_path / "lat.csv", **{**kw, "seq_len": 8})
@@ -322,11 +325,11 @@ def test_latency_dataset_divides_out_drift(teacher, space, monkeypatch):
     # the machine gets twice as slow for the second architecture timed: reference and model alike
     speed = iter([1.0, 2.0])
 
-    def drifting(models, batch, n_warmup, n_repeats, threads):
+    def drifting(fns, inputs, **kwargs):
         factor = next(speed)
-        return {k: np.full(n_repeats, (10.0 if k == "reference" else 4.0) * factor) for k in models}
+        return Timing({k: np.full(len(inputs), (10.0 if k == "reference" else 4.0) * factor) for k in fns})
 
-    monkeypatch.setattr(lat, "_time_interleaved", drifting)
+    monkeypatch.setattr(lat, "time_calls", drifting)
     df = build_latency_dataset(archs, teacher.config, quant="fp32", seq_len=8, threads=1, n_warmup=0, n_repeats=2,
                                reference=ArchConfig(1, 32, 32), progress=False)
     assert sorted(df["latency_ms_raw"]) == [4.0, 8.0]
@@ -334,18 +337,18 @@ def test_latency_dataset_divides_out_drift(teacher, space, monkeypatch):
     assert sorted(df["reference_ms"]) == [10.0, 20.0]
 
 
-def test_measure_latency_and_int8_model(teacher, space):
+def test_time_architecture_and_int8_model(teacher, space):
     q = build_model(ArchConfig(1, 32, 32), teacher.config, "int8")
     assert any("quantized" in type(m).__module__ for m in q.modules())
-    df = measure_latency(ArchConfig(1, 32, 32), SuperBert(teacher, space), quant="fp32", seq_len=8, threads=1,
+    df = time_architecture(ArchConfig(1, 32, 32), SuperBert(teacher, space), quant="fp32", seq_len=8, threads=1,
                          n_warmup=0, n_repeats=2)
     assert len(df) == 1 and df.loc[0, "quant"] == "fp32" and df.loc[0, "latency_ms"] > 0
     with pytest.raises(NasError, match="quant must be one of"):
-        measure_latency(space.smallest, teacher.config, quant="int4")
+        time_architecture(space.smallest, teacher.config, quant="int4")
     with pytest.raises(NasError, match="seq_len must be an integer >= 1"):
-        measure_latency(space.smallest, teacher.config, seq_len=0)
+        time_architecture(space.smallest, teacher.config, seq_len=0)
     with pytest.raises(NasError, match="exceeds the model's max_position_embeddings"):
-        measure_latency(space.smallest, teacher.config, seq_len=10_000)
+        time_architecture(space.smallest, teacher.config, seq_len=10_000)
     assert len(sample_archs(space, 4)) == 4 and sample_archs(space, 4)[:2] == [space.largest, space.smallest]
 
 
@@ -485,7 +488,7 @@ def test_fitness_is_int8_accuracy(teacher, space, tok):
     arch = ArchConfig(2, 32, 64)
     acc = fit(arch)
     assert 0.0 <= acc <= 100.0 and acc == fit(arch)
-    from ufkit.nas import quantize_int8
+    from ufkit.quantization import quantize_int8
 
     assert acc == accuracy(quantize_int8(supernet.extract(arch)), tok, ds)
     fp = make_fitness(supernet, tok, ds, quant="fp32")(arch)

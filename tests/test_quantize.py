@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ufkit import quantize as Q
+from ufkit import quantization as Q
 
 TEXTS = ["a good movie", "a very bad , long and dull film that never ends", "fine", "it 's \" great \" fun"]
 
@@ -84,7 +84,7 @@ def test_evaluate_and_benchmark_variants(variants_dir, labeled, tmp_path):
     auto = Q.variant_info(out / "onnx_int8_auto")
     assert auto["within_budget"] and auto["accuracy_drop"] <= 1.0
     bench = Q.benchmark_variants(out, TEXTS, batch_sizes=[1, 2], variants=["pytorch_fp32", "onnx_int8_dynamic"],
-                                 threads=1, n_warmup=0, n_iters=2, db_path=tmp_path / "r.db", progress=False)
+                                 threads=1, n_warmup=0, n_iters=2, progress=False)
     assert len(bench) == 4 and set(bench["threads"]) == {1}
     assert set(bench["variant"]) == {"pytorch_fp32", "onnx_int8_dynamic"}
     with pytest.raises(Q.QuantizeError, match="not in"):
@@ -119,7 +119,7 @@ def test_interrupted_run_leaves_nothing_loadable(tiny_model_dir, tmp_path, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Q, "quantize_onnx_dynamic", interrupted)
+    monkeypatch.setattr(Q.variants, "quantize_onnx_dynamic", interrupted)
     with pytest.raises(KeyboardInterrupt):
         Q.quantize(tiny_model_dir, out, variants=["onnx_int8_dynamic"], progress=False)
     assert Q.list_variants(out) == ["onnx_fp32", "onnx_optimized"]  # finished before the interruption
@@ -210,8 +210,8 @@ def test_cli_end_to_end(tmp_path, tiny_model_dir, tiny_tsv_dir):
               "--iters", 2, "--variant", "onnx_int8_dynamic", "--output", tmp_path)
     assert r.returncode == 0, r.stderr
     assert "onnx_int8_dynamic" in r.stdout and "pytorch_fp32" not in r.stdout
-    from ufkit.bench import read_results
+    from ufkit.measure import ResultsStore
 
-    assert len(read_results(tmp_path / "results.db", "quantize_bench")) == 1
+    assert len(ResultsStore(tmp_path).read("quantize_bench")) == 1
     r = ufkit("benchmark", "--model", tiny_model_dir, "--variant", "x")
     assert r.returncode == 2 and "--variant" in r.stderr

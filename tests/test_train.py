@@ -5,7 +5,7 @@ import torch
 
 from ufkit import UfkitError
 from ufkit.data import load_local
-from ufkit.train import TrainConfig, load_or_finetune
+from ufkit.training import TrainConfig, load_or_finetune
 
 
 def test_finetune_then_load_from_cache(tiny_model_dir, tiny_tsv_dir, tmp_path):
@@ -13,9 +13,9 @@ def test_finetune_then_load_from_cache(tiny_model_dir, tiny_tsv_dir, tmp_path):
     cfg = TrainConfig(max_steps=3, batch_size=4, learning_rate=1e-3)
     out = tmp_path / "ckpt"
     model, tok, info = load_or_finetune(out, model_name=str(tiny_model_dir), task=task, cfg=cfg, progress=False)
-    assert info["steps"] == 3 and info["n_train"] == 12
+    assert info["steps"] == 3 and info["recipe"]["n_train"] == 12
     assert (out / "model.safetensors").is_file()
-    assert json.loads((out / "train_info.json").read_text())["steps"] == 3
+    assert json.loads((out / "cache_info.json").read_text())["steps"] == 3
     # trained weights differ from the start
     from safetensors.torch import load_file
 
@@ -23,7 +23,7 @@ def test_finetune_then_load_from_cache(tiny_model_dir, tiny_tsv_dir, tmp_path):
     trained = load_file(out / "model.safetensors")
     assert not torch.equal(init["classifier.weight"], trained["classifier.weight"])
     # second call loads the cache and does not train
-    again, _, info2 = load_or_finetune(out, model_name="does-not-matter", task=task, cfg=cfg)
+    again, _, info2 = load_or_finetune(out, model_name=str(tiny_model_dir), task=task, cfg=cfg)
     assert info2 == info
     batch = tok(["great fun"], return_tensors="pt")
     with torch.no_grad():

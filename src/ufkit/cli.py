@@ -86,7 +86,7 @@ def finetune(
 ):
     """Fine-tune a classifier and save it to OUTPUT; prints validation metrics."""
     from .evaluate import evaluate as evaluate_model
-    from .train import TrainConfig, load_or_finetune
+    from .training import TrainConfig, load_or_finetune
 
     _positive("--batch-size", batch_size)
     _positive("--max-steps", max_steps)
@@ -117,7 +117,7 @@ def evaluate(
     text_column: str = TextOpt,
     label_column: str = LabelOpt,
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Sequences per forward pass."),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads for ONNX variants (default: UFKIT_THREADS or 2)."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads for ONNX variants (default: UFKIT_THREADS, else torch's intra-op thread count)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write metrics.csv into."),
 ):
     """Accuracy, precision, recall and F1 of a classifier on a split.
@@ -127,7 +127,7 @@ def evaluate(
     """
     from .evaluate import evaluate as evaluate_model
     from .models import load_model
-    from .quantize import evaluate_variants, is_variant_folder
+    from .quantization import evaluate_variants, is_variant_folder
 
     _positive("--batch-size", batch_size)
     _positive("--threads", threads)
@@ -168,15 +168,14 @@ def benchmark(
     iters: int = typer.Option(50, help="Timed runs."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", help="For a `ufkit quantize` folder: variants to time (repeat; default all)."),
     compile_: bool = typer.Option(False, "--compile", help="For a `ufkit quantize` folder: also time torchao int8 under torch.compile."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for results.db (default: ufkit's results folder)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the result tables (CSV; default: ufkit's results folder)."),
 ):
     """Latency (ms), throughput (sequences/s), size (MB) and peak memory of a model on real sentences.
 
     Given a folder written by `ufkit quantize`, times every variant at the same thread count (PyTorch's
     intra-op threads and ONNX Runtime's intra-op threads alike) on the same sentences.
     """
-    from . import config
-    from .bench import benchmark as run_benchmark
+    from .measure import ResultsStore, benchmark as run_benchmark
     from .models import load_model
 
     for b in batch_size:
@@ -187,35 +186,36 @@ def benchmark(
         raise UfkitError(f"--seq-len must be at least 3, got {seq_len}")
     task = _load_task(data, subset, text_column, label_column)
     texts = list(task[split]["text"])
-    db = (output / "results.db") if output is not None else config.results_db()
+    store = ResultsStore(output)
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .quantize import benchmark_variants, is_variant_folder
+    from .quantization import benchmark_variants, is_variant_folder
 
     if model is not None and is_variant_folder(model):
         if seq_len is not None:
             raise UfkitError("--seq-len is not supported for a `ufkit quantize` folder; it times natural lengths")
         df = benchmark_variants(model, texts, batch_sizes=batch_size, variants=variant or None,
                                 include_compiled=compile_, threads=threads, n_warmup=warmup, n_iters=iters,
-                                db_path=db)
+                                table=None)
+        store.append("quantize_bench", df)
         cols = ["variant", "batch_size", "latency_ms_mean", "latency_ms_std", "latency_ms_p50", "latency_ms_p95",
                 "throughput_seq_per_s", "size_mb", "peak_mem_mb", "threads"]
         typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-        typer.echo(f"results appended to {db} (table quantize_bench)")
+        typer.echo(f"results appended to {store.path('quantize_bench')}")
         return
     if variant or compile_:
         raise UfkitError("--variant and --compile need a folder written by `ufkit quantize` as --model")
     net, tokenizer = load_model(model)
 
     rows = [run_benchmark(net, tokenizer, texts, name=model or "default", batch_size=b, seq_len=seq_len,
-                          n_warmup=warmup, n_iters=iters, threads=threads, db_path=db)
+                          n_warmup=warmup, n_iters=iters, threads=threads, table="benchmark", store=store)
             for b in tqdm(batch_size, desc="benchmark", disable=len(batch_size) < 2)]
     df = pd.concat(rows, ignore_index=True)
     cols = ["name", "batch_size", "seq_len", "latency_ms_mean", "latency_ms_std", "latency_ms_p50",
             "latency_ms_p95", "throughput_seq_per_s", "size_mb", "peak_mem_mb", "threads"]
     typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    typer.echo(f"results appended to {db}")
+    typer.echo(f"results appended to {store.path('benchmark')}")
 
 
 @app.command()
@@ -236,12 +236,12 @@ def quantize(
     validation_split: str = typer.Option("validation", help="Labeled split on which onnx_int8_auto keeps its budget."),
     validation_size: Optional[int] = typer.Option(None, help="Use a seeded sample of this many validation sentences."),
     budget: float = typer.Option(1.0, help="Accuracy points onnx_int8_auto may lose against fp32."),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: UFKIT_THREADS or 2)."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: UFKIT_THREADS, else torch's intra-op thread count)."),
     resume: bool = typer.Option(False, help="Keep complete variants already in OUTPUT."),
 ):
     """Write fp32, torchao int8, ONNX, ORT-optimized and ORT int8 variants of a classifier into OUTPUT."""
     from .data import subset as sample
-    from .quantize import VARIANTS, check_classifier, check_writable, quantize as run
+    from .quantization import VARIANTS, check_classifier, check_writable, quantize as run
 
     _positive("--calibration-size", calibration_size)
     _positive("--validation-size", validation_size)
@@ -290,11 +290,11 @@ def bench_fff(
     warmup: int = typer.Option(2, help="Untimed calls per row."),
     iters: int = typer.Option(10, help="Timed calls per row."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for results.db (default: ufkit's results folder)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the result tables (CSV; default: ufkit's results folder)."),
 ):
     """Time fast feedforward backends against dense feedforward baselines (UltraFastBERT, chapter 1)."""
-    from . import config
-    from .fff_bench import LADDER, bench_fff as run
+    from .fff.bench import LADDER, TABLE, bench_fff as run
+    from .measure import ResultsStore
 
     for b in batch:
         if b < 0:
@@ -303,14 +303,17 @@ def bench_fff(
     _positive("--iters", iters)
     _positive("--threads", threads)
     configs = [c for text in config_ for c in (LADDER if text == "ladder" else [_parse_config(text)])]
-    db = (output / "results.db") if output is not None else config.results_db()
+    store = ResultsStore(output)
     try:
-        df = run(backend, configs, batch, hidden_size, threads, warmup, iters, str(db), device=device)
+        df = run(backend, configs, batch, hidden_size, threads=threads, n_warmup=warmup, n_iters=iters,
+                 device=device)
     except ValueError as e:  # the sweep's own argument checks
         raise UfkitError(str(e)) from None
-    cols = [c for c in ("backend", "width", "depth", "n_trees", "batch", "threads", "mean_ms", "std_ms") if c in df]
+    store.append(TABLE, df)
+    cols = [c for c in ("backend", "width", "depth", "n_trees", "batch", "threads", "latency_ms_mean", "latency_ms_std")
+            if c in df]
     typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    typer.echo(f"results appended to {db}")
+    typer.echo(f"results appended to {store.path(TABLE)}")
 
 
 def main(argv: list[str] | None = None) -> None:

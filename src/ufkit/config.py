@@ -16,7 +16,7 @@ Environment variables
 ``UFKIT_CACHE``
     Folder for checkpoints and other expensive intermediate results (default ``$UFKIT_HOME/.cache/<size>``).
 ``UFKIT_RESULTS``
-    Folder for result databases and tables that the book shows (default ``$UFKIT_HOME/results`` at full size,
+    Folder for the result tables (CSV) that the book shows (default ``$UFKIT_HOME/results`` at full size,
     ``$UFKIT_CACHE/results`` at smoke size, so smoke runs never overwrite the book's numbers).
 ``UFKIT_THREADS``
     Thread count for benchmarks (default: the number of physical cores torch sees, ``torch.get_num_threads()``).
@@ -69,7 +69,8 @@ def cache_dir() -> Path:
 
 
 def results_dir() -> Path:
-    """Folder for result databases the book shows; smoke runs write elsewhere."""
+    """Folder for the result tables the book shows (:class:`ufkit.measure.store.ResultsStore`); smoke runs write
+    elsewhere."""
     env = os.environ.get("UFKIT_RESULTS")
     if env:
         path = Path(env).expanduser()
@@ -77,11 +78,6 @@ def results_dir() -> Path:
         path = cache_dir() / "results" if is_smoke() else home() / "results"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def results_db() -> Path:
-    """The SQLite file that benchmarks append to (``results.db`` in :func:`results_dir`)."""
-    return results_dir() / "results.db"
 
 
 def data_candidates() -> list[Path]:

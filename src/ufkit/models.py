@@ -161,27 +161,3 @@ def count_parameters(model) -> int:
             seen.add(p.data_ptr())
             total += p.numel()
     return total
-
-
-def truncate_layers(model, num_hidden_layers: int):
-    """Keep the first ``num_hidden_layers`` transformer layers of a BERT-family model, in place.
-
-    Works on a bare encoder (``BertModel``) and on a model with a head (``BertForSequenceClassification``); the
-    embeddings, pooler and head are kept. ``config.num_hidden_layers`` is updated, so ``save_pretrained`` writes a
-    checkpoint that plain transformers loads as a shallower model.
-
-    Returns:
-        the same model.
-
-    Raises:
-        ModelError: ``num_hidden_layers`` is not in ``[1, current depth]``, or the model has no ``encoder.layer``.
-    """
-    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
-    layers = getattr(encoder, "layer", None)
-    if layers is None:
-        raise ModelError(f"{type(model).__name__} has no encoder.layer list to truncate")
-    if not isinstance(num_hidden_layers, int) or not 1 <= num_hidden_layers <= len(layers):
-        raise ModelError(f"num_hidden_layers must be an integer in [1, {len(layers)}], got {num_hidden_layers!r}")
-    del layers[num_hidden_layers:]
-    model.config.num_hidden_layers = num_hidden_layers
-    return model

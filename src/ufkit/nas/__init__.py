@@ -14,19 +14,18 @@ Optimization for Efficient Pre-trained Language Models", ACL 2021, arXiv:2107.13
 """
 
 from .latency import (LINEAR_FEATURE_NAMES, LatencyPredictor, LinearLatencyPredictor, MLPLatencyPredictor, archs_of,
-                      build_latency_dataset, build_model, fit_predictor, linear_features, mape, measure_latency,
-                      sample_archs, split_archs)
+                      build_latency_dataset, build_model, fit_predictor, linear_features, mape, sample_archs,
+                      split_archs, time_architecture)
 from .search import SearchResult, accuracy, baseline_archs, load_or_search, make_fitness, pareto_front, search
 from .space import ARCH_FIELDS, ArchConfig, NasError, SearchSpace, minilm_space
-from .supernet import (SuperBert, SupernetTrainConfig, kd_loss, load_or_train, quantize_int8, rewire,
-                       slice_state_dict, sub_config)
+from .supernet import SuperBert, SupernetTrainConfig, load_or_train, slice_state_dict, sub_config
 
 __all__ = [
     "ARCH_FIELDS", "ArchConfig", "NasError", "SearchSpace", "minilm_space",
-    "SuperBert", "SupernetTrainConfig", "kd_loss", "load_or_train", "quantize_int8", "rewire", "slice_state_dict",
+    "SuperBert", "SupernetTrainConfig", "load_or_train", "slice_state_dict",
     "sub_config",
     "LINEAR_FEATURE_NAMES", "LatencyPredictor", "LinearLatencyPredictor", "MLPLatencyPredictor", "archs_of",
-    "build_latency_dataset", "build_model", "fit_predictor", "linear_features", "mape", "measure_latency",
-    "sample_archs", "split_archs",
+    "build_latency_dataset", "build_model", "fit_predictor", "linear_features", "mape", "sample_archs",
+    "split_archs", "time_architecture",
     "SearchResult", "accuracy", "baseline_archs", "load_or_search", "make_fitness", "pareto_front", "search",
 ]

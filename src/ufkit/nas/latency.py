@@ -18,7 +18,6 @@ right shapes (a ``BertConfig``) as well as from slices of a trained super-model.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +27,9 @@ import torch
 from torch import nn
 
 from .space import ARCH_FIELDS, ArchConfig, NasError, SearchSpace
-from .supernet import SuperBert, quantize_int8, sub_config
+from ..measure.timing import time_calls
+from ..quantization.torch_int8 import quantize_int8
+from .supernet import SuperBert, sub_config
 
 QUANTS = ("fp32", "int8")
 
@@ -75,29 +76,7 @@ def _default_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int) ->
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
 
 
-def _time_interleaved(models: dict[str, nn.Module], batch: dict, n_warmup: int, n_repeats: int,
-                      threads: int) -> dict[str, np.ndarray]:
-    """Milliseconds per call of each model on ``batch``; the models take turns call by call, so that load from
-    other processes falls on all of them alike."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    times = {k: np.empty(n_repeats) for k in models}
-    try:
-        with torch.inference_mode():
-            for m in models.values():
-                for _ in range(n_warmup):
-                    m(**batch)
-            for i in range(n_repeats):
-                for k, m in models.items():
-                    t0 = time.perf_counter()
-                    m(**batch)
-                    times[k][i] = (time.perf_counter() - t0) * 1e3
-    finally:
-        torch.set_num_threads(old)
-    return times
-
-
-def measure_latency(arch: ArchConfig, source, *, quant="int8", seq_len: int = 128, batch_size: int = 1,
+def time_architecture(arch: ArchConfig, source, *, quant="int8", seq_len: int = 128, batch_size: int = 1,
                     threads: int | None = None, n_warmup: int = 5, n_repeats: int = 20, batch: dict | None = None,
                     seed: int = 0, reference_model: nn.Module | None = None) -> pd.DataFrame:
     """Time one sub-architecture's forward pass: ``n_warmup`` untimed calls, then the median of ``n_repeats``.
@@ -112,7 +91,7 @@ def measure_latency(arch: ArchConfig, source, *, quant="int8", seq_len: int = 12
         quant: ``"fp32"``, ``"int8"`` or a list of both.
         seq_len, batch_size: the input's shape (batch 1 at 128 tokens by default).
         threads: torch intra-op threads (default :func:`ufkit.config.bench_threads`); restored after.
-        batch: the inputs (e.g. :func:`ufkit.bench.make_batches` of real sentences); default: random token ids of
+        batch: the inputs (e.g. :func:`ufkit.measure.make_batches` of real sentences); default: random token ids of
             the given shape.
         reference_model: a model timed in the same turns; its median is the ``reference_ms`` column.
 
@@ -140,7 +119,9 @@ def measure_latency(arch: ArchConfig, source, *, quant="int8", seq_len: int = 12
     models = {q: build_model(arch, source, q) for q in quants}
     if reference_model is not None:  # timed in the same turns, so that it sees the same machine
         models["reference"] = reference_model
-    times = _time_interleaved(models, batch, n_warmup, n_repeats, threads)
+    timing = time_calls({k: (lambda b, m=m: m(**b)) for k, m in models.items()}, [batch] * n_repeats,
+                        n_warmup=n_warmup, threads=threads)
+    times = dict(timing.times_ms)
     ref = times.pop("reference", None)
     shape = batch["input_ids"].shape
     rows = []
@@ -149,7 +130,8 @@ def measure_latency(arch: ArchConfig, source, *, quant="int8", seq_len: int = 12
                      "threads": threads, "n_repeats": n_repeats, "latency_ms": float(np.median(t)),
                      "latency_ms_min": float(t.min()),
                      "latency_ms_iqr": float(np.percentile(t, 75) - np.percentile(t, 25)),
-                     **({"reference_ms": float(np.median(ref))} if ref is not None else {})})
+                     **({"reference_ms": float(np.median(ref))} if ref is not None else {}),
+                     **timing.load_columns()})
     return pd.DataFrame(rows)
 
 
@@ -172,7 +154,7 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
                           batch_size: int = 1, threads: int | None = None, n_warmup: int = 5, n_repeats: int = 20,
                           rounds: int = 1, batch: dict | None = None, path: str | Path | None = None, seed: int = 0,
                           reference: ArchConfig | None = None, progress: bool = True) -> pd.DataFrame:
-    """A latency table: every architecture timed in every quantization (:func:`measure_latency`).
+    """A latency table: every architecture timed in every quantization (:func:`time_architecture`).
 
     Architectures are timed in a seeded random order, so that a slow spell of the machine does not fall on one
     size range; with ``rounds > 1`` the whole table is timed again in other orders and each latency is the median
@@ -185,7 +167,7 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
         archs: a list of :class:`ArchConfig`, or an int ``n`` for :func:`sample_archs` of ``space``.
         source: a :class:`~ufkit.nas.supernet.SuperBert` or a base ``BertConfig``.
         space: the space to sample from (default: the super-model's, or :meth:`SearchSpace.from_config`).
-        quant, seq_len, batch_size, threads, n_warmup, n_repeats, batch: as in :func:`measure_latency`.
+        quant, seq_len, batch_size, threads, n_warmup, n_repeats, batch: as in :func:`time_architecture`.
         rounds: passes over the whole table.
         reference: a fixed architecture timed in float32 in the same turns as every measurement. The machine's speed drifts
             over minutes (on a shared virtual machine by 15 to 20 %), alike for every model; each latency is scaled
@@ -194,17 +176,17 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
         path: CSV file to load from or write to (None: measure, store nothing).
 
     Returns:
-        `pandas.DataFrame`, one row per (architecture, quantization), with :func:`measure_latency`'s columns
+        `pandas.DataFrame`, one row per (architecture, quantization), with :func:`time_architecture`'s columns
         (``latency_ms``: median over rounds of the median of ``n_repeats`` calls; ``latency_ms_min``: the fastest
-        call; ``latency_ms_iqr``: median over rounds), ``rounds`` and the :func:`ufkit.bench.machine_info` columns.
+        call; ``latency_ms_iqr``: median over rounds), ``rounds`` and the :func:`ufkit.measure.machine_info` columns.
 
     Raises:
-        NasError: no architectures, ``rounds < 1``, or the errors of :func:`measure_latency`.
+        NasError: no architectures, ``rounds < 1``, or the errors of :func:`time_architecture`.
     """
     from tqdm.auto import tqdm
 
     from .. import config
-    from ..bench import machine_info
+    from ..measure.machine import machine_info
 
     quants = _check_quants(quant)
     threads = config.bench_threads() if threads is None else threads
@@ -237,7 +219,7 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
                                seq_len, seed)
     for _ in range(rounds):
         for i in rng.permutation(len(archs)):
-            parts[i].append(measure_latency(archs[i], source, quant=quants, seq_len=seq_len, batch_size=batch_size,
+            parts[i].append(time_architecture(archs[i], source, quant=quants, seq_len=seq_len, batch_size=batch_size,
                                             threads=threads, n_warmup=n_warmup, n_repeats=n_repeats, batch=batch,
                                             seed=seed, reference_model=ref_model))
             bar.update(1)

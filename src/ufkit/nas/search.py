@@ -44,7 +44,7 @@ def accuracy(model, tokenizer, dataset, *, batch_size: int = 64, max_length: int
 def make_fitness(supernet, tokenizer, dataset, *, quant: str = "int8", batch_size: int = 64,
                  max_length: int = 128, threads: int | None = None) -> Callable[[ArchConfig], float]:
     """The search's fitness: accuracy (%) of the sub-model ``arch`` extracted from ``supernet``, int8-quantized by
-    default (:func:`~ufkit.nas.supernet.quantize_int8`), on ``dataset``.
+    default (:func:`~ufkit.quantization.torch_int8.quantize_int8`), on ``dataset``.
 
     Use held-out *training* sentences for ``dataset``: the dev split is for the final report, and a search that
     selects on it reports an optimistic number.
@@ -61,7 +61,7 @@ def make_fitness(supernet, tokenizer, dataset, *, quant: str = "int8", batch_siz
     import torch
 
     from ..data import tokenize
-    from .supernet import quantize_int8
+    from ..quantization.torch_int8 import quantize_int8
 
     if quant not in ("fp32", "int8"):
         raise NasError(f"quant must be 'fp32' or 'int8', got {quant!r}")

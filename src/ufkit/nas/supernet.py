@@ -34,7 +34,6 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +42,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..distill import hidden_mse, kd_loss
+from ..surgery import check_bert_classifier, rewire
 from .space import ArchConfig, NasError, SearchSpace
 
 SUPERNET_CONFIG = "supernet_config.json"
@@ -51,19 +52,6 @@ FORMAT_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-def _check_bert(model) -> None:
-    """Raise NasError unless ``model`` is a BertForSequenceClassification-like model this module can slice."""
-    cfg = getattr(model, "config", None)
-    bert = getattr(model, "bert", None)
-    ok = (cfg is not None and bert is not None and hasattr(bert, "embeddings") and hasattr(bert, "encoder")
-          and getattr(bert, "pooler", None) is not None and isinstance(getattr(model, "classifier", None), nn.Linear))
-    if not ok:
-        raise NasError(f"the super-model needs a BertForSequenceClassification (BERT/MiniLM with a pooler and a "
-                       f"linear classifier), got {type(model).__name__}")
-    if getattr(cfg, "position_embedding_type", "absolute") != "absolute" or getattr(cfg, "is_decoder", False):
-        raise NasError("only encoders with absolute position embeddings can be sliced")
 
 
 def sub_config(base_config, arch: ArchConfig):
@@ -102,99 +90,6 @@ def slice_state_dict(state_dict: dict[str, torch.Tensor], target_shapes: dict[st
             raise NasError(f"cannot cut {key!r} of shape {tuple(src.shape)} to {tuple(shape)}")
         out[key] = src[tuple(slice(0, t) for t in shape)].detach().clone().contiguous()
     return out
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every ``nn.Linear`` quantized to int8 (dynamic quantization, fbgemm/x86 engine).
-
-    Weights are int8 per tensor; activations are quantized on the fly per batch (``torch.ao.quantization.
-    quantize_dynamic``). This is the deployment that Bigger&Faster searches for: on this machine (AVX2, no VNNI) it
-    runs MiniLM-L6 at batch 1 about 1.5-2x faster than float32, and the smallest sub-models no faster at all.
-    torchao's eager int8 path (``Int8DynamicActivationInt8WeightConfig``) measured about 10x *slower* than float32
-    here, for want of fused int8 kernels on AVX2 without ``torch.compile``, so the deprecated but fast ``torch.ao``
-    path is used; its deprecation warnings are silenced. Embeddings and LayerNorms stay float32.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*are deprecated and will be removed.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        q = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=False)
-    return q.eval()
-
-
-# -------------------------------------------------------------------------------------------------- rewiring
-
-
-def _permute_(param: torch.Tensor, perm: torch.Tensor, dim: int) -> None:
-    with torch.no_grad():
-        param.copy_(param.index_select(dim, perm))
-
-
-def rewire(model, *, hidden: bool = True) -> nn.Module:
-    """Reorder heads, feedforward neurons and hidden dimensions by importance, most important first, in place.
-
-    A permutation of heads, of feedforward neurons or of the hidden dimension (applied to every matrix that reads or
-    writes it) does not change what the model computes; it only decides what a slice keeps. Importance is
-    weight-magnitude based, so no data is needed:
-
-    * a feedforward neuron ``j``: ``||W_in[j, :]|| * ||W_out[:, j]||`` (how strongly it can move the output);
-    * a head: the same product over its query/key/value rows and its columns of the attention output matrix;
-    * a hidden dimension ``i``: the mean over the model's LayerNorms of ``|gamma_i|`` (the scale every layer gives
-      that dimension of the residual stream).
-
-    DynaBERT (Hou et al., "DynaBERT: Dynamic BERT with Adaptive Width and Depth", NeurIPS 2020) rewires heads and
-    neurons with a gradient-based importance; we use weights because they need no data and no backward pass.
-
-    Args:
-        model: a ``BertForSequenceClassification``; modified in place and returned.
-        hidden: also reorder the hidden dimension (sliced by every sub-model narrower than the base).
-    """
-    _check_bert(model)
-    cfg, bert = model.config, model.bert
-    head = cfg.hidden_size // cfg.num_attention_heads
-    for layer in bert.encoder.layer:
-        att, inter, out = layer.attention, layer.intermediate.dense, layer.output.dense
-        # feedforward neurons: rows of W_in (and its bias), columns of W_out
-        score = inter.weight.norm(dim=1) * out.weight.norm(dim=0)
-        perm = torch.argsort(score, descending=True, stable=True)
-        _permute_(inter.weight, perm, 0)
-        _permute_(inter.bias, perm, 0)
-        _permute_(out.weight, perm, 1)
-        # heads: blocks of `head` rows of Q, K, V (and biases), blocks of columns of the output projection
-        qkv = torch.cat([m.weight.view(cfg.num_attention_heads, -1) for m in (att.self.query, att.self.key,
-                                                                              att.self.value)], dim=1)
-        o = att.output.dense.weight.view(cfg.hidden_size, cfg.num_attention_heads, head)
-        score = qkv.norm(dim=1) * o.permute(1, 0, 2).reshape(cfg.num_attention_heads, -1).norm(dim=1)
-        order = torch.argsort(score, descending=True, stable=True)
-        perm = (order[:, None] * head + torch.arange(head)).reshape(-1)
-        for m in (att.self.query, att.self.key, att.self.value):
-            _permute_(m.weight, perm, 0)
-            _permute_(m.bias, perm, 0)
-        _permute_(att.output.dense.weight, perm, 1)
-    if hidden:
-        norms = [bert.embeddings.LayerNorm] + [m for layer in bert.encoder.layer
-                                               for m in (layer.attention.output.LayerNorm, layer.output.LayerNorm)]
-        score = torch.stack([n.weight.abs() for n in norms]).mean(0)
-        perm = torch.argsort(score, descending=True, stable=True)
-        emb = bert.embeddings
-        for e in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
-            _permute_(e.weight, perm, 1)
-        for n in norms:
-            _permute_(n.weight, perm, 0)
-            _permute_(n.bias, perm, 0)
-        for layer in bert.encoder.layer:
-            att = layer.attention
-            for m in (att.self.query, att.self.key, att.self.value, layer.intermediate.dense):
-                _permute_(m.weight, perm, 1)  # these read the hidden dimension
-            for m in (att.output.dense, layer.output.dense):
-                _permute_(m.weight, perm, 0)  # these write it
-                _permute_(m.bias, perm, 0)
-        pool = bert.pooler.dense  # reads and writes it (the pooled vector is hidden-sized too)
-        _permute_(pool.weight, perm, 0)
-        _permute_(pool.weight, perm, 1)
-        _permute_(pool.bias, perm, 0)
-        _permute_(model.classifier.weight, perm, 1)
-    return model
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -268,21 +163,6 @@ class SupernetTrainConfig:
                 raise NasError(f"{name} must be a non-negative integer, got {v!r}")
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Distillation loss ``T^2 KL(softmax(t/T) || softmax(s/T))``, mean over the batch (Hinton et al. 2015).
-
-    Equal to the soft cross-entropy against the teacher's softened probabilities minus the teacher's entropy, so it
-    has the same gradients and is 0 when the student reproduces the teacher.
-
-    Args:
-        student_logits, teacher_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`).
-    """
-    t = float(temperature)
-    log_ps = F.log_softmax(student_logits.float() / t, -1)
-    log_pt = F.log_softmax(teacher_logits.float() / t, -1)
-    return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean") * t * t
-
-
 class SuperBert(nn.Module):
     """A BERT sequence classifier whose every slice in a :class:`SearchSpace` runs as a sub-model.
 
@@ -312,7 +192,7 @@ class SuperBert(nn.Module):
         super().__init__()
         from transformers.activations import ACT2FN
 
-        _check_bert(model)
+        check_bert_classifier(model, NasError)
         self.model = copy.deepcopy(model) if copy_model else model
         self.config = self.model.config
         self.space = space or SearchSpace.from_config(self.config)
@@ -481,9 +361,8 @@ class SuperBert(nn.Module):
         Raises:
             NasError: a bad ``cfg``, no data, unlabeled data with ``alpha < 1``, or a teacher of another width.
         """
-        from tqdm.auto import tqdm
-
         from ..data import make_dataloader, tokenize
+        from ..training import TrainConfig, train_loop
 
         cfg = cfg or SupernetTrainConfig()
         cfg.validate()
@@ -502,73 +381,41 @@ class SuperBert(nn.Module):
             warmup = self.fit_heads(teacher, tokenizer, tok.select(range(min(len(tok), cfg.head_warmup_texts))),
                                     steps=cfg.head_warmup_steps, temperature=cfg.temperature, seed=cfg.seed)
         loader = make_dataloader(tok, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(loader)))
-        no_decay = ("bias", "LayerNorm.weight")
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]  # the body and every depth's head
-        params = [p for _, p in named]
-        groups = [{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": cfg.weight_decay},
-                  {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=cfg.learning_rate)
-        warm = max(1, int(cfg.warmup_ratio * total))
+        loop_cfg = TrainConfig(learning_rate=cfg.learning_rate, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                               batch_size=cfg.batch_size, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                               max_grad_norm=cfg.max_grad_norm, max_length=cfg.max_length, seed=cfg.seed,
+                               log_every=20)
 
-        def schedule(s):  # linear warm-up, then linear decay to 0
-            return min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+        def sandwich(batch):
+            """The largest, the smallest and n_random random sub-models on one batch, one loss each."""
+            labels = batch.pop("labels")
+            with torch.no_grad():
+                t_out = teacher(**batch, output_hidden_states=cfg.hidden_weight > 0)
+            archs = [("largest", self.space.largest), ("smallest", self.space.smallest)]
+            archs += [("random", self.space.sample(rng)) for _ in range(cfg.n_random)]
+            for kind, arch in archs:
+                logits, states = self(**batch, arch=arch, output_hidden=True)
+                loss = cfg.alpha * kd_loss(logits, t_out.logits, cfg.temperature)
+                if cfg.alpha < 1:
+                    loss = loss + (1 - cfg.alpha) * F.cross_entropy(logits.float(), labels)
+                if cfg.hidden_weight > 0:
+                    loss = loss + cfg.hidden_weight * hidden_mse(states, t_out.hidden_states[:len(states)],
+                                                                 batch["attention_mask"])
+                yield kind, loss  # back-propagated at once: the shared weights collect every sub-model's gradient
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         teacher_was_training = teacher.training
         teacher.eval()
-        losses = {"largest": [], "smallest": [], "random": []}
-        window = {k: [] for k in losses}
-        step, epoch = 0, 0
-        start = time.perf_counter()
-        bar = tqdm(total=total, desc="super-model (sandwich)", disable=not progress)
         try:
-            self.train(cfg.dropout)  # dropout is the only difference between the modes here
-            while step < total:
-                loader.batch_sampler.set_epoch(epoch)
-                for batch in loader:
-                    labels = batch.pop("labels")
-                    with torch.no_grad():
-                        t_out = teacher(**batch, output_hidden_states=cfg.hidden_weight > 0)
-                    t_logits = t_out.logits
-                    keep = batch["attention_mask"].unsqueeze(-1).float()                 # (B, T, 1) real tokens
-                    archs = [("largest", self.space.largest), ("smallest", self.space.smallest)]
-                    archs += [("random", self.space.sample(rng)) for _ in range(cfg.n_random)]
-                    opt.zero_grad(set_to_none=True)
-                    for kind, arch in archs:
-                        logits, states = self(**batch, arch=arch, output_hidden=True)
-                        loss = cfg.alpha * kd_loss(logits, t_logits, cfg.temperature)
-                        if cfg.alpha < 1:
-                            loss = loss + (1 - cfg.alpha) * F.cross_entropy(logits, labels)
-                        if cfg.hidden_weight > 0:
-                            h = arch.hidden_size
-                            mse = sum((((s - t[..., :h]) ** 2) * keep).sum()
-                                      for s, t in zip(states, t_out.hidden_states))
-                            loss = loss + cfg.hidden_weight * mse / (len(states) * keep.sum() * h)
-                        loss.backward()  # accumulate: the shared weights collect every sub-model's gradient
-                        window[kind].append(loss.item())
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    opt.step()
-                    sched.step()
-                    step += 1
-                    if step % 20 == 0 or step == total:
-                        for k in losses:
-                            if window[k]:
-                                losses[k].append(float(np.mean(window[k])))
-                            window[k] = []
-                        bar.set_postfix(largest=f"{losses['largest'][-1]:.3f}",
-                                        smallest=f"{losses['smallest'][-1]:.3f}")
-                    bar.update(1)
-                    if step >= total:
-                        break
-                epoch += 1
+            # dropout is the only difference between the modes here
+            history = train_loop(self, loader, sandwich, loop_cfg, desc="super-model (sandwich)", progress=progress,
+                                 on_start=lambda: self.train(cfg.dropout))
         finally:
-            bar.close()
-            self.eval()
             teacher.train(teacher_was_training)
+        losses = {k: history["named_losses"].get(k, []) for k in ("largest", "smallest", "random")}
         final = float(np.mean([v[-1] for v in losses.values() if v])) if any(losses.values()) else float("nan")
-        return {"steps": step, "train_seconds": time.perf_counter() - start, "n_texts": len(tok),
-                "losses": losses, "final_loss": final, "head_warmup": warmup}
+        return {"steps": history["steps"], "train_seconds": history["train_seconds"], "n_texts": len(tok),
+                "losses": losses, "final_loss": final, "head_warmup": warmup,
+                "mixed_precision": history["mixed_precision"]}
 
     def fit_heads(self, teacher, tokenizer, data, *, steps: int = 300, batch_size: int = 64,
                   learning_rate: float = 1e-3, temperature: float = 1.0, max_length: int = 128,
@@ -589,6 +436,7 @@ class SuperBert(nn.Module):
             dict with ``n_texts``, ``steps``, ``seconds`` and ``final_loss`` per depth (``{"1": ..., ...}``).
         """
         from ..data import make_dataloader, tokenize
+        from ..training import TrainConfig, train_loop
 
         if not len(self.heads):
             return {}
@@ -605,22 +453,24 @@ class SuperBert(nn.Module):
                 _, states = self(**batch, output_hidden=True)
                 feats.append(torch.stack([s[:, 0] for s in states], 1))                 # (B, L + 1, H)
         feats, targets = torch.cat(feats), torch.cat(targets)
-        g = torch.Generator().manual_seed(seed)
         heads = {int(k): (m["pooler"], m["classifier"]) for k, m in self.heads.items()}
-        opt = torch.optim.Adam([p for k in self.heads for p in self.heads[k].parameters()], lr=learning_rate)
-        last = {}
-        for _ in range(steps):
-            idx = torch.randint(0, len(feats), (min(batch_size, len(feats)),), generator=g)
-            loss = 0.0
+        g = torch.Generator().manual_seed(seed)
+        sampler = torch.utils.data.RandomSampler(range(len(feats)), replacement=True, num_samples=steps * batch_size,
+                                                 generator=g)
+        batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(feats, targets),
+                                              batch_size=min(batch_size, len(feats)), sampler=sampler)
+        cfg = TrainConfig(learning_rate=learning_rate, max_steps=steps, batch_size=batch_size, warmup_ratio=0.0,
+                          weight_decay=0.0, max_grad_norm=1e9, seed=seed, lr_scheduler_type="constant",
+                          log_every=max(1, steps))
+
+        def heads_loss(batch):
+            x, t = batch
             for k, (pool, cls) in heads.items():
-                logits = cls(torch.tanh(pool(feats[idx, k])))
-                lk = kd_loss(logits, targets[idx], temperature)
-                last[str(k)] = lk.item()
-                loss = loss + lk
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+                yield str(k), kd_loss(cls(torch.tanh(pool(x[:, k]))), t, temperature)
+
+        history = train_loop(self.heads, batches, heads_loss, cfg, desc="head warm-up", progress=False)
         self.train(was_training)
+        last = {k: v[-1] for k, v in history["named_losses"].items()}
         return {"n_texts": len(tok), "steps": steps, "seconds": time.perf_counter() - start, "final_loss": last}
 
     # ------------------------------------------------------------------------------------------ save / load
@@ -678,7 +528,7 @@ def load_or_train(path: str | os.PathLike, teacher, tokenizer, data, *, space: S
 
     Args:
         path: cache folder (e.g. ``ufkit.config.cache_dir() / "nas-supernet"``).
-        teacher, tokenizer: the fine-tuned teacher (:func:`ufkit.train.load_teacher`); its weights initialise the
+        teacher, tokenizer: the fine-tuned teacher (:func:`ufkit.zoo.load_teacher`); its weights initialise the
             super-model and its logits are the targets.
         data (`datasets.Dataset`): training sentences (``text``, ``label``).
         space: the search space (default: :meth:`SearchSpace.from_config` of the teacher's config).
@@ -689,28 +539,26 @@ def load_or_train(path: str | os.PathLike, teacher, tokenizer, data, *, space: S
             rewiring) is retrained too.
 
     Returns:
-        ``(supernet, info)``; ``info`` is the content of ``train_info.json`` (recipe, steps, seconds, losses, machine).
+        ``(supernet, info)``; ``info`` is the cache's record (recipe, steps, seconds, losses, machine).
     """
-    from ..bench import machine_info
 
-    path = Path(path).expanduser()
+    from ..cache import fingerprint_model, fingerprint_texts, load_or_make
+    from ..training import resolve_mixed_precision
+
     cfg = cfg or SupernetTrainConfig()
     cfg.validate()
     space = space or SearchSpace.from_config(teacher.config)
     recipe = {"config": asdict(cfg), "space": space.to_dict(), "n_texts": len(data), "rewire": rewire_first,
-              "head_per_depth": head_per_depth,
-              "format_version": FORMAT_VERSION}
-    info_path = path / "train_info.json"
-    if not retrain and info_path.is_file() and (path / SUPERNET_CONFIG).is_file():
-        info = json.loads(info_path.read_text())
-        if info.get("recipe") == recipe:  # a super-model trained otherwise is stale, not a cache hit
-            return SuperBert.from_pretrained(path), info
-    base = copy.deepcopy(teacher)
-    if rewire_first:
-        rewire(base)  # computes what the teacher computes, with its dimensions in the super-model's order
-    supernet = SuperBert(base, space, head_per_depth=head_per_depth)
-    history = supernet.fit(base, tokenizer, data, cfg, progress=progress)
-    supernet.save_pretrained(path, tokenizer)
-    info = {"recipe": recipe, **history, "machine": machine_info()}
-    info_path.write_text(json.dumps(info, indent=2))
-    return supernet, info
+              "head_per_depth": head_per_depth, "format_version": FORMAT_VERSION,
+              "mixed_precision": resolve_mixed_precision(), "teacher_id": fingerprint_model(teacher),
+              "data_id": fingerprint_texts(data["text"], data["label"])}
+
+    def make():
+        base = copy.deepcopy(teacher)
+        if rewire_first:
+            rewire(base)  # computes what the teacher computes, with its dimensions in the super-model's order
+        supernet = SuperBert(base, space, head_per_depth=head_per_depth)
+        return supernet, supernet.fit(base, tokenizer, data, cfg, progress=progress)
+
+    return load_or_make(path, recipe, make, save=lambda net, folder: net.save_pretrained(folder, tokenizer),
+                        load=SuperBert.from_pretrained, retrain=retrain)

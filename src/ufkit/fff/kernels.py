@@ -41,8 +41,8 @@ from pathlib import Path
 
 import torch
 
-from ufkit import config
-from ufkit.fff import check_fff_args, n_nodes
+from .. import config
+from .reference import check_fff_args, n_nodes
 
 __all__ = [
     "BACKENDS",
@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 BACKENDS = ("torch_gather", "native", "mkl", "cuda")
-ROOT = Path(__file__).resolve().parents[2]  # the source checkout: cpp/ and cuda/ live here
+ROOT = Path(__file__).resolve().parents[3]  # the source checkout: cpp/ and cuda/ live here
 CPP_DIR = ROOT / "cpp"
 CUDA_DIR = ROOT / "cuda"
 
@@ -308,14 +308,15 @@ def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "
         depth, n_trees: D and K.
         backend: ``"auto"``, ``"torch_gather"``, ``"native"``, ``"mkl"`` or ``"cuda"`` (module docstring).
         version: kernel version of a compiled backend (``native``: 1 plain loop, 2 AVX2 per token, 3 token
-            blocks grouped by node; ``mkl``: 1; ``cuda``: 1 a thread per token, 2 a warp per token);
-            ``None`` is the fastest.
+            blocks grouped by node, 4 the same in two passes over a sub-tree that fits L2, for deep trees and
+            large batches; ``mkl``: 1; ``cuda``: 1 a thread per token, 2 a warp per token); ``None`` is the
+            fastest for the shapes (the native kernel picks 3 or 4).
         return_route: also return the visited nodes.
         out: optional contiguous tensor of shape `(..., H_out)` (x's dtype and device) to write the result
             into, as ``torch.matmul(..., out=)``: saves allocating (and page-faulting) a fresh output.
 
     Returns:
-        `torch.FloatTensor` of shape `(..., H_out)` equal to :func:`ufkit.fff.fff_reference` (up to float
+        `torch.FloatTensor` of shape `(..., H_out)` equal to :func:`ufkit.fff.reference.fff_reference` (up to float
         rounding; routing can differ only where a pre-activation is within rounding of 0). With
         ``return_route=True`` a pair ``(y, route)``, route a `torch.IntTensor` `(..., n_trees * (depth + 1))`
         of global node indices, tree by tree, root first.

@@ -20,12 +20,12 @@ the first layer. Beyond the paper this module has
   renormalized, divided by ``log(top_k)``; with 40 labels the full normalized entropy rarely falls low enough;
 * **FLOPs per sample**, counted analytically (every matrix product: the linear layers, the attention matrix
   products, the branches) and checked against :class:`torch.utils.flop_counter.FlopCounterMode`
-  (:func:`count_flops`), together with the paper's count, which covers only the linear layers;
+  (:func:`ufkit.measure.count_flops`), together with the paper's count, which covers only the linear layers;
 * :func:`calibrate_speed`: the largest speed whose accuracy drop on held-out data stays within a budget.
 
 The two training stages
 -----------------------
-*Stage 1* trains backbone and teacher with cross-entropy. The fine-tuned baseline (:func:`ufkit.train.load_teacher`)
+*Stage 1* trains backbone and teacher with cross-entropy. The fine-tuned baseline (:func:`ufkit.zoo.load_teacher`)
 already is that: a backbone fine-tuned together with a classification head. By default (``teacher="head"``)
 that head, the backbone's pooler and linear classifier, **is** the teacher, so ``speed = 0`` reproduces the
 baseline's predictions bit for bit and stage 1 costs nothing. ``teacher="fastbert"`` instead puts the paper's
@@ -48,195 +48,23 @@ but are untested. Weights are shared with the wrapped model, never copied.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import UfkitError
+from ..distill import kd_loss
+from .branches import (EarlyExitError, EarlyExitOutput, FastBertClassifier, Predictions, _check_patience, _check_speed,
+                       _HeadTeacher, normalized_entropy)
 
 BRANCH_FILE = "early_exit.safetensors"
 CONFIG_FILE = "early_exit_config.json"
 FORMAT_VERSION = 1
-
-
-class EarlyExitError(UfkitError, ValueError):
-    """Bad input to early-exit inference or training: an out-of-range speed, too few labels, an unsupported model."""
-
-
-# ------------------------------------------------------------------------------------------------ branches
-
-
-class FastBertClassifier(nn.Module):
-    """The paper's branch classifier (Liu et al., "FastBERT", ACL 2020).
-
-    ``Linear(hidden_size -> 128) + tanh``, a self-attention of width 128 with 2 heads, the first token's output,
-    ``Linear(128 -> 128) + tanh``, ``Linear(128 -> num_labels)``. Only the first token's output is used, so only
-    its query is computed: keys and values need every token, the query only one. The result equals full
-    self-attention followed by first-token pooling, at ``1/n`` of the query and score cost.
-
-    Args:
-        hidden_size: width of the backbone's hidden states.
-        num_labels: number of classes (≥ 2).
-        cls_hidden_size: the branch's width (128 in the paper).
-        cls_num_heads: attention heads (2 in the paper); must divide ``cls_hidden_size``.
-        dropout: dropout on the attention probabilities and before the last layer during training.
-
-    Raises:
-        EarlyExitError: ``num_labels < 2`` or a width the heads do not divide.
-    """
-
-    def __init__(self, hidden_size: int, num_labels: int, cls_hidden_size: int = 128, cls_num_heads: int = 2,
-                 dropout: float = 0.1):
-        super().__init__()
-        if num_labels < 2:
-            raise EarlyExitError(f"num_labels must be at least 2, got {num_labels}")
-        if cls_hidden_size % cls_num_heads:
-            raise EarlyExitError(f"cls_num_heads ({cls_num_heads}) must divide cls_hidden_size ({cls_hidden_size})")
-        self.num_heads, self.head_dim = cls_num_heads, cls_hidden_size // cls_num_heads
-        self.dense_in = nn.Linear(hidden_size, cls_hidden_size)
-        self.query = nn.Linear(cls_hidden_size, cls_hidden_size)
-        self.key = nn.Linear(cls_hidden_size, cls_hidden_size)
-        self.value = nn.Linear(cls_hidden_size, cls_hidden_size)
-        self.attn_out = nn.Linear(cls_hidden_size, cls_hidden_size)
-        self.dense = nn.Linear(cls_hidden_size, cls_hidden_size)
-        self.classifier = nn.Linear(cls_hidden_size, num_labels)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits of shape ``(batch_size, num_labels)``.
-
-        Args:
-            hidden_states (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`): a layer's output.
-            attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`): 1 for tokens, 0 for padding.
-        """
-        b, t, _ = hidden_states.shape
-        x = torch.tanh(self.dense_in(hidden_states))                                  # (B, T, C)
-        q = self.query(x[:, :1]).view(b, 1, self.num_heads, self.head_dim).transpose(1, 2)   # (B, nh, 1, d)
-        k = self.key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)           # (B, nh, T, d)
-        v = self.value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)         # (B, nh, T, d)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)                 # (B, nh, 1, T)
-        pad = attention_mask[:, None, None, :] == 0
-        scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
-        probs = self.dropout(scores.softmax(-1))
-        ctx = (probs @ v).transpose(1, 2).reshape(b, -1)                              # (B, C)
-        pooled = torch.tanh(self.dense(self.attn_out(ctx)))
-        return self.classifier(self.dropout(pooled))                                  # (B, num_labels)
-
-
-class _HeadTeacher(nn.Module):
-    """The fine-tuned model's own head as the teacher: pooler (if any) + classifier, sharing their weights."""
-
-    def __init__(self, pooler, classifier, takes_sequence: bool):
-        super().__init__()
-        # Stored outside the module tree so that the wrapped model's weights are never registered twice.
-        self.__dict__["_pooler"], self.__dict__["_classifier"] = pooler, classifier
-        self.takes_sequence = takes_sequence
-
-    def forward(self, hidden_states, attention_mask):
-        if self.takes_sequence:  # RoBERTa-style heads pick the first token themselves
-            return self._classifier(hidden_states)
-        return self._classifier(self._pooler(hidden_states))
-
-
-# --------------------------------------------------------------------------------------------- uncertainty
-
-
-def normalized_entropy(logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
-    """FastBERT's uncertainty, in ``[0, 1]``: entropy of ``softmax(logits)`` divided by ``log(num_labels)``.
-
-    Args:
-        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`).
-        top_k: use only the ``top_k`` largest probabilities, renormalized, and divide by ``log(top_k)``
-            (for many labels, where the long tail keeps the full entropy high). None or ≥ ``num_labels``: all.
-
-    Returns:
-        `torch.FloatTensor` of shape `(batch_size,)`.
-
-    Raises:
-        EarlyExitError: ``top_k < 2``.
-    """
-    n = logits.shape[-1]
-    if top_k is not None and top_k < 2:
-        raise EarlyExitError(f"top_k must be at least 2 (or None for all labels), got {top_k}")
-    k = n if top_k is None else min(top_k, n)
-    logp = logits.float().log_softmax(-1)
-    if k < n:
-        logp = logp.topk(k, dim=-1).values
-        logp = logp - logp.logsumexp(-1, keepdim=True)  # renormalize over the top k
-    return -(logp.exp() * logp).sum(-1) / math.log(k)
-
-
-def _check_speed(speed: float) -> float:
-    try:
-        s = float(speed)
-    except (TypeError, ValueError):
-        raise EarlyExitError(f"speed must be a number in [0, 1], got {speed!r}") from None
-    if not 0.0 <= s <= 1.0:  # also rejects NaN
-        raise EarlyExitError(f"speed must be in [0, 1] (0 = full model, 1 = fastest), got {speed!r}")
-    return s
-
-
-def _check_patience(patience: int | None) -> int | None:
-    if patience is None:
-        return None
-    if not isinstance(patience, (int, np.integer)) or patience < 1:
-        raise EarlyExitError(f"patience must be a positive integer or None, got {patience!r}")
-    return int(patience)
-
-
-# ------------------------------------------------------------------------------------------------- outputs
-
-
-@dataclass
-class EarlyExitOutput:
-    """What adaptive inference returns for a batch.
-
-    Attributes:
-        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): logits of the branch each sample exited at.
-        exit_layer (`torch.LongTensor` of shape `(batch_size,)`): 1-based layer after which each sample exited
-            (``num_hidden_layers`` = the teacher answered).
-        flops (`torch.LongTensor` of shape `(batch_size,)`): floating-point operations each sample cost at its own
-            length (no padding): every matrix product of the layers it ran and the branches it consulted.
-        flops_linear (`torch.LongTensor` of shape `(batch_size,)`): the same counting only linear layers, as the
-            FastBERT paper does.
-    """
-
-    logits: torch.Tensor
-    exit_layer: torch.Tensor
-    flops: torch.Tensor
-    flops_linear: torch.Tensor
-
-
-@dataclass
-class Predictions:
-    """:meth:`EarlyExitModel.predict`'s result, in the input's row order (numpy arrays of length ``n``).
-
-    Attributes:
-        labels: predicted label ids, int64.
-        exit_layer: 1-based exit layer per sample.
-        flops, flops_linear: FLOPs per sample (see :class:`EarlyExitOutput`).
-        logits: float32 array of shape ``(n, num_labels)``.
-        seconds: wall-clock time of the whole prediction (tokenization excluded).
-    """
-
-    labels: np.ndarray
-    exit_layer: np.ndarray
-    flops: np.ndarray
-    flops_linear: np.ndarray
-    logits: np.ndarray
-    seconds: float
-
-    def accuracy(self, labels) -> float:
-        """Accuracy in percent against ``labels`` (int array of length ``n``)."""
-        return float(100.0 * np.mean(self.labels == np.asarray(labels)))
 
 
 # ----------------------------------------------------------------------------------------- locating layers
@@ -602,9 +430,10 @@ class EarlyExitModel(nn.Module):
 
     def _train_branches(self, params, loss_fn, data, tokenizer, *, epochs, batch_size, learning_rate,
                         max_length, seed, progress, desc, frozen=()):
-        from tqdm.auto import tqdm
-
-        from .data import make_dataloader, tokenize
+        """Train ``params`` (branches) on ``loss_fn(states, mask, batch)`` with the backbone frozen, through the one
+        training loop (:func:`ufkit.training.train_loop`)."""
+        from ..data import make_dataloader, tokenize
+        from ..training import TrainConfig, train_loop
 
         tokenizer = tokenizer or self.tokenizer
         if tokenizer is None:
@@ -613,56 +442,29 @@ class EarlyExitModel(nn.Module):
             raise EarlyExitError(f"epochs must be positive, got {epochs}")
         if len(data) == 0:
             raise EarlyExitError("no training texts")
-        torch.manual_seed(seed)
         tok = data if "input_ids" in data.column_names else tokenize(data, tokenizer, max_length)
         loader = make_dataloader(tok, tokenizer, batch_size, shuffle=True, seed=seed)
-        total = max(1, math.ceil(epochs * len(loader)))
-        opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
-        warm = max(1, int(0.06 * total))
-
-        def schedule(s):  # linear warm-up, then linear decay to 0 (transformers' helper takes seconds to import)
-            return min((s + 1) / warm, max(0.0, (total - s) / (total - warm + 1)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        cfg = TrainConfig(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, warmup_ratio=0.06,
+                          weight_decay=0.01, max_grad_norm=1.0, max_length=max_length, seed=seed)
         backbone = list(self.model.parameters())
         was_trainable = [p.requires_grad for p in backbone]
         for p in backbone:  # stage 2 (and the light stage 1) never touch the backbone
             p.requires_grad_(False)
-        losses, window, step, epoch = [], [], 0, 0
-        start = time.perf_counter()
-        bar = tqdm(total=total, desc=desc, disable=not progress)
-        try:
-            self.train()
-            self.model.eval()  # backbone dropout off: the branches learn from the features inference will see
+
+        def modes():  # backbone dropout off: the branches learn from the features inference will see
+            self.model.eval()
             for m in frozen:
                 m.eval()
-            while step < total:
-                loader.batch_sampler.set_epoch(epoch)
-                for batch in loader:
-                    states, mask = self._frozen_hidden(batch)
-                    loss = loss_fn(states, mask, batch)
-                    opt.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    opt.step()
-                    sched.step()
-                    step += 1
-                    window.append(loss.item())
-                    if len(window) == 50 or step == total:
-                        losses.append(sum(window) / len(window))
-                        window = []
-                        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                    bar.update(1)
-                    if step >= total:
-                        break
-                epoch += 1
+
+        try:
+            history = train_loop(self, loader, lambda batch: loss_fn(*self._frozen_hidden(batch), batch), cfg,
+                                 parameters=[(str(i), p) for i, p in enumerate(params)], desc=desc,
+                                 progress=progress, on_start=modes)
         finally:
-            bar.close()
             for p, flag in zip(backbone, was_trainable):
                 p.requires_grad_(flag)
             self.eval()
-        return {"steps": step, "train_seconds": time.perf_counter() - start, "n_texts": len(tok),
-                "losses": losses, "final_loss": losses[-1] if losses else float("nan")}
+        return {**history, "n_texts": len(tok)}
 
     @staticmethod
     def _as_dataset(data, labels=None):
@@ -707,13 +509,8 @@ class EarlyExitModel(nn.Module):
 
         def loss_fn(states, mask, batch):
             with torch.no_grad():
-                log_pt = F.log_softmax(self.teacher(states[-1], mask).float() / t, -1)
-            total = 0.0
-            for i, student in enumerate(self.students):
-                log_ps = F.log_softmax(student(states[i], mask).float() / t, -1)
-                # kl_div(input=log q, target=log p) = KL(p || q): the teacher is p, the student q.
-                total = total + F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean") * t * t
-            return total
+                teacher_logits = self.teacher(states[-1], mask)
+            return sum(kd_loss(student(states[i], mask), teacher_logits, t) for i, student in enumerate(self.students))
 
         return self._train_branches(params, loss_fn, self._as_dataset(data), tokenizer, epochs=epochs,
                                     batch_size=batch_size, learning_rate=learning_rate, max_length=max_length,
@@ -798,7 +595,7 @@ class EarlyExitModel(nn.Module):
         if model is None:
             if not (path / "config.json").is_file():
                 raise EarlyExitError(f"{str(path)!r} holds only the branches; pass the backbone as model=...")
-            from .models import _quiet_transformers
+            from ..models import _quiet_transformers
 
             with _quiet_transformers():
                 model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
@@ -817,34 +614,35 @@ class EarlyExitModel(nn.Module):
 
 
 def load_or_fit(path: str | os.PathLike, model, tokenizer, data, *, retrain: bool = False, **fit_kwargs):
-    """Load students cached in ``path`` if there, else wrap ``model``, run :meth:`EarlyExitModel.fit_students` on
-    ``data`` and save the branches there (``save_backbone=False``: the backbone is the cached teacher).
+    """Load students cached in ``path`` if they were trained for this teacher, on these texts, with these settings;
+    else wrap ``model``, run :meth:`EarlyExitModel.fit_students` on ``data`` and save the branches there
+    (``save_backbone=False``: the backbone is the cached teacher).
 
     Args:
         path: cache folder (e.g. ``ufkit.config.cache_dir() / "fastbert-students"``).
-        model, tokenizer: the fine-tuned teacher (:func:`ufkit.train.load_teacher`).
-        data: texts for stage 2 (labels unused).
+        model, tokenizer: the fine-tuned teacher (:func:`ufkit.zoo.load_teacher`); its weights are part of the
+            cache's recipe (:func:`ufkit.cache.fingerprint_model`), so students of another teacher are retrained.
+        data: texts for stage 2 (labels unused): a list of strings or a `datasets.Dataset` with ``text``.
         retrain: ignore a cached copy.
         fit_kwargs: passed to :meth:`EarlyExitModel.fit_students`.
 
     Returns:
-        ``(early_exit_model, info)``; ``info`` is the content of ``train_info.json`` (stage 2's settings, steps,
-        seconds, losses, machine).
+        ``(early_exit_model, info)``; ``info`` is the cache's record (recipe, steps, seconds, losses, machine).
     """
-    from .bench import machine_info
+    from ..cache import fingerprint_model, fingerprint_texts, load_or_make
 
-    path = Path(path).expanduser()
-    info_path = path / "train_info.json"
-    if not retrain and info_path.is_file() and (path / CONFIG_FILE).is_file():
-        ee = EarlyExitModel.from_pretrained(path, model=model, tokenizer=tokenizer)
-        return ee, json.loads(info_path.read_text())
-    ee = EarlyExitModel(model, tokenizer=tokenizer)
-    history = ee.fit_students(data, tokenizer, **fit_kwargs)
-    ee.save_pretrained(path, save_backbone=False)
-    info = {"stage": 2, "fit_kwargs": {k: v for k, v in fit_kwargs.items() if k != "progress"}, **history,
-            "machine": machine_info()}
-    info_path.write_text(json.dumps(info, indent=2))
-    return ee, info
+    ds = EarlyExitModel._as_dataset(data)
+    settings = {k: v for k, v in fit_kwargs.items() if k != "progress"}
+    recipe = {"stage": 2, "format_version": FORMAT_VERSION, "fit_kwargs": settings,
+              "teacher_id": fingerprint_model(model), "data_id": fingerprint_texts(ds["text"])}
+
+    def make():
+        ee = EarlyExitModel(model, tokenizer=tokenizer)
+        return ee, ee.fit_students(ds, tokenizer, **fit_kwargs)
+
+    return load_or_make(path, recipe, make, save=lambda ee, folder: ee.save_pretrained(folder, save_backbone=False),
+                        load=lambda folder: EarlyExitModel.from_pretrained(folder, model=model, tokenizer=tokenizer),
+                        retrain=retrain)
 
 
 def _mask_function():
@@ -864,238 +662,3 @@ def _mask_function():
     return build
 
 
-# -------------------------------------------------------------------------------------- exits from logits
-
-
-def simulate_exits(all_logits: np.ndarray, *, speed: float = 0.0, patience: int | None = None,
-                   top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The exit rule of :meth:`EarlyExitModel.forward` applied to precomputed logits of every branch.
-
-    Args:
-        all_logits: float array of shape ``(num_hidden_layers, n, num_labels)`` (:meth:`predict_all_layers`).
-        speed, patience, top_k: as in :meth:`EarlyExitModel.forward`.
-
-    Returns:
-        ``(labels, exit_layer)``: int arrays of shape ``(n,)``; ``exit_layer`` is 1-based.
-
-    Raises:
-        EarlyExitError: bad ``speed``, ``patience`` or ``top_k``.
-    """
-    speed = _check_speed(speed)
-    n_layers = all_logits.shape[0]
-    patience = _check_patience(patience)
-    logits = torch.as_tensor(all_logits)
-    n = logits.shape[1]
-    exit_layer = np.full(n, n_layers, dtype=np.int64)
-    undecided = np.ones(n, dtype=bool)
-    streak = np.zeros(n, dtype=np.int64)
-    last = np.full(n, -1, dtype=np.int64)
-    if speed > 0 or patience is not None:
-        for i in range(n_layers - 1):
-            done = np.zeros(n, dtype=bool)
-            if speed > 0:
-                done |= (normalized_entropy(logits[i], top_k) < speed).numpy()
-            if patience is not None:
-                pred = logits[i].argmax(-1).numpy()
-                streak = np.where(pred == last, streak + 1, 0)
-                last = pred
-                done |= streak >= patience
-            newly = done & undecided
-            exit_layer[newly] = i + 1
-            undecided &= ~done
-    labels = all_logits[exit_layer - 1, np.arange(n)].argmax(-1)
-    return labels, exit_layer
-
-
-def exit_curves(model: "EarlyExitModel", all_logits: np.ndarray, n_tokens, labels, *,
-                speeds: Sequence[float] = tuple(np.round(np.linspace(0, 1, 51), 2)),
-                patiences: Sequence[int] = (1, 2, 3, 4), top_k: int | None = None):
-    """Accuracy and FLOPs of three exit rules from one pass of every branch's logits.
-
-    Rules: ``entropy`` (FastBERT, one row per speed), ``patience`` (PABEE, one row per patience) and ``truncate``
-    (keep the first ``k`` layers and always answer with branch ``k``: the same classifiers without adaptivity).
-
-    Args:
-        all_logits, n_tokens: from :meth:`EarlyExitModel.predict_all_layers`.
-        labels: int array ``(n,)``.
-
-    Returns:
-        `pandas.DataFrame` with ``rule``, ``setting`` (speed, patience or k), ``accuracy`` (%), ``flops`` (mean per
-        sample), ``flops_speedup`` (against the full model, no students) and ``mean_exit_layer``.
-    """
-    import pandas as pd
-
-    y = np.asarray(labels)
-    n_layers = model.num_hidden_layers
-    full = model.analytic_flops(n_tokens, np.full(len(y), n_layers), students=False).mean()
-    rows = []
-
-    def add(rule, setting, pred, exits, flops):
-        rows.append({"rule": rule, "setting": setting, "accuracy": 100.0 * np.mean(pred == y), "flops": flops,
-                     "flops_speedup": full / flops, "mean_exit_layer": float(np.mean(exits))})
-
-    for s in speeds:
-        pred, ex = simulate_exits(all_logits, speed=s, top_k=top_k)
-        add("entropy", float(s), pred, ex, model.analytic_flops(n_tokens, ex, students=s > 0).mean())
-    for t in patiences:
-        pred, ex = simulate_exits(all_logits, patience=t)
-        add("patience", int(t), pred, ex, model.analytic_flops(n_tokens, ex).mean())
-    n = np.asarray(n_tokens)
-    for k in range(1, n_layers + 1):
-        flops = k * model.layer_flops(n) + model.branch_flops(n, teacher=k == n_layers)
-        add("truncate", k, all_logits[k - 1].argmax(-1), np.full(len(y), k), flops.mean())
-    return pd.DataFrame(rows)
-
-
-def calibrate_speed(model: EarlyExitModel, data, labels=None, *, budget: float = 1.0,
-                    speeds: Sequence[float] | None = None, patience: int | None = None, top_k: int | None = None,
-                    tokenizer=None, batch_size: int = 64):
-    """The largest speed whose accuracy drop on held-out data is at most ``budget`` points.
-
-    One pass computes every branch's logits (:meth:`EarlyExitModel.predict_all_layers`); each speed's exits are
-    then simulated (:func:`simulate_exits`), so a fine grid costs no more than a coarse one. The reference is the
-    full model's accuracy (speed 0) on the same data. Accuracy need not fall monotonically with speed; the speed
-    returned is the largest on the grid that meets the budget, and the table shows the whole curve.
-
-    Args:
-        data: held-out texts (not the ones reported on), as a list or a `datasets.Dataset` with ``text``/``label``.
-        labels: their labels when ``data`` is a list.
-        budget: allowed accuracy drop in percentage points (≥ 0).
-        speeds: grid to search (default ``0, 0.01, ..., 1``).
-
-    Returns:
-        ``(speed, table)``: the chosen speed and a `pandas.DataFrame` with ``speed``, ``accuracy``, ``drop``,
-        ``mean_exit_layer``, ``flops`` (mean per sample) and ``flops_speedup``.
-
-    Raises:
-        EarlyExitError: a negative budget, missing labels, or a speed outside ``[0, 1]`` in the grid.
-    """
-    import pandas as pd
-
-    if not budget >= 0:
-        raise EarlyExitError(f"budget must be a non-negative number of accuracy points, got {budget}")
-    grid = np.round(np.linspace(0, 1, 101), 4) if speeds is None else np.asarray(list(speeds), dtype=float)
-    for s in grid:
-        _check_speed(s)
-    ds = EarlyExitModel._as_dataset(data, labels)
-    y = np.asarray(ds["label"])
-    if len(y) == 0 or (y < 0).any():
-        raise EarlyExitError("calibrate_speed needs labeled held-out data (found no rows or label -1)")
-    all_logits, n_tok = model.predict_all_layers(ds, tokenizer, batch_size=batch_size)
-    full = all_logits[-1].argmax(-1)
-    ref_acc = 100.0 * np.mean(full == y)
-    ref_flops = model.analytic_flops(n_tok, np.full(len(y), model.num_hidden_layers), students=False).mean()
-    rows = []
-    for s in sorted(set(grid.tolist()) | {0.0}):
-        pred, ex = simulate_exits(all_logits, speed=s, patience=patience, top_k=top_k)
-        students = s > 0 or patience is not None
-        fl = model.analytic_flops(n_tok, ex, students=students).mean()
-        acc = 100.0 * np.mean(pred == y)
-        rows.append({"speed": s, "accuracy": acc, "drop": ref_acc - acc, "mean_exit_layer": ex.mean(),
-                     "flops": fl, "flops_speedup": ref_flops / fl})
-    table = pd.DataFrame(rows)
-    ok = table[table["drop"] <= budget + 1e-9]
-    return float(ok["speed"].max()), table
-
-
-# -------------------------------------------------------------------------------------------- measuring
-
-
-def count_flops(fn: Callable, *args, **kwargs) -> int:
-    """FLOPs of ``fn(*args, **kwargs)`` as :class:`torch.utils.flop_counter.FlopCounterMode` counts them.
-
-    torch counts no FLOPs for the CPU's fused attention kernel (``_scaled_dot_product_flash_attention_for_cpu``);
-    it is added here as the two matrix products it performs, ``2 B H L S (E + Ev)``, the same formula torch uses
-    for the GPU kernels.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    def cpu_sdpa(query, key, value, *a, out_shape=None, **kw):
-        b, h, lq, e = query
-        return 2 * b * h * lq * key[-2] * (e + value[-1])
-
-    mapping = {}
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is not None:
-        mapping[op] = cpu_sdpa
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        fn(*args, **kwargs)
-    return int(counter.get_total_flops())
-
-
-def measure_latency(runners: dict[str, Callable[[dict], object]], tokenizer, texts: Sequence[str], *,
-                    batch_size: int = 1, n_warmup: int = 5, rounds: int = 1, threads: int | None = None,
-                    max_length: int = 128, seed: int = 0, db_path=None, table: str = "early_exit_latency",
-                    extra: dict | None = None):
-    """Wall-clock latency of several callables over *every* text, in consecutive batches, interleaved.
-
-    An adaptive model's cost depends on its input, so :func:`ufkit.bench.benchmark`'s pool of eight batches
-    would time eight sentences' exit layers. Here every text is run once per round (seeded shuffle, then
-    consecutive batches of ``batch_size``, each padded to its own longest sentence), and each batch goes through
-    every runner before the next batch, so that load from other processes falls on all runners alike.
-
-    Args:
-        runners: name -> a ``torch.nn.Module`` (called as ``model(**batch)``) or a callable taking the batch dict
-            (``input_ids``, ``attention_mask``, ``token_type_ids``), e.g. :meth:`EarlyExitModel.runner`.
-        texts: real sentences (e.g. the dev split).
-        rounds: passes over the texts per runner; the reported mean is over all timed calls.
-        threads: torch intra-op threads (default :func:`ufkit.config.bench_threads`); restored after.
-        db_path: SQLite file to append the rows to (None: do not store).
-
-    Returns:
-        `pandas.DataFrame`, one row per runner: ``name``, ``batch_size``, ``n_texts``, ``n_calls``,
-        ``latency_ms_mean`` (per call), ``latency_ms_std``, ``latency_ms_p50``, ``latency_ms_p95``,
-        ``ms_per_seq``, ``throughput_seq_per_s`` and the :func:`ufkit.bench.machine_info` columns.
-
-    Raises:
-        EarlyExitError: no texts, no runners, or a non-positive ``batch_size``/``rounds``.
-    """
-    import pandas as pd
-
-    from . import bench, config
-
-    if not texts:
-        raise EarlyExitError("texts is empty")
-    if not runners:
-        raise EarlyExitError("runners is empty")
-    if batch_size < 1 or rounds < 1:
-        raise EarlyExitError(f"batch_size and rounds must be positive, got {batch_size} and {rounds}")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(texts))
-    batches = [dict(tokenizer([texts[j] for j in order[i:i + batch_size]], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt"))
-               for i in range(0, len(texts), batch_size)]
-    threads = config.bench_threads() if threads is None else threads
-    calls = {name: bench._as_callable(fn) for name, fn in runners.items()}  # a module takes the batch as keywords
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    times = {name: [] for name in runners}
-    try:
-        with torch.inference_mode():
-            for fn in calls.values():
-                for b in batches[:n_warmup]:
-                    fn(b)
-            names = list(runners)
-            for _ in range(rounds):
-                for j, b in enumerate(batches):
-                    # Every runner on the same batch back to back, in a rotating order: a burst of load from
-                    # another process falls on all runners alike instead of on whichever ran at that moment.
-                    for name in names[j % len(names):] + names[:j % len(names)]:
-                        t0 = time.perf_counter()
-                        calls[name](b)
-                        times[name].append((time.perf_counter() - t0) * 1e3)
-    finally:
-        torch.set_num_threads(old)
-    rows = []
-    for name, t in times.items():
-        t = np.asarray(t)
-        rows.append({"name": name, "batch_size": batch_size, "n_texts": len(texts), "n_calls": len(t),
-                     "latency_ms_mean": t.mean(), "latency_ms_std": t.std(ddof=1) if len(t) > 1 else 0.0,
-                     "latency_ms_p50": np.percentile(t, 50), "latency_ms_p95": np.percentile(t, 95),
-                     "ms_per_seq": t.sum() / (rounds * len(texts)),
-                     "throughput_seq_per_s": rounds * len(texts) * 1e3 / t.sum(),
-                     **(extra or {}), **bench.machine_info(threads)})
-    df = pd.DataFrame(rows)
-    if db_path is not None:
-        bench.append_results(df, db_path, table)
-    return df

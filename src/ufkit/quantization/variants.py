@@ -1,0 +1,422 @@
+"""Deployment quantization: torchao int8, ONNX export, ONNX Runtime graph optimization and int8 quantization.
+
+:func:`quantize` writes one folder per model with one sub-folder per *variant*:
+
+=================================  ==================================================================================
+``pytorch_fp32``                   the model as given, ``save_pretrained`` (safetensors)
+``torchao_int8``                   torchao ``Int8DynamicActivationInt8WeightConfig`` through transformers'
+                                   ``TorchAoConfig`` (safetensors); ``load_variant(..., compile=True)`` adds
+                                   ``torch.compile``
+``onnx_fp32``                      ``torch.onnx.export`` of the classifier (logits within 1e-4 of PyTorch)
+``onnx_optimized``                 ONNX Runtime's transformer optimizer (fused attention, embedding + LayerNorm,
+                                   skip LayerNorm, bias GELU)
+``onnx_int8_dynamic``              ORT dynamic quantization of ``onnx_optimized``: int8 weights per tensor,
+                                   activations quantized per call
+``onnx_int8_dynamic_per_channel``  the same with one weight scale per output channel
+``onnx_int8_static``               ORT static quantization (QDQ) with activation ranges calibrated on real
+                                   training sentences
+``onnx_int8_auto``                 the safety net: dynamic int8 with the most sensitive layers kept in fp32 until
+                                   the accuracy drop on a validation split is within a budget (default 1 point)
+=================================  ==================================================================================
+
+Each variant is written to a hidden temporary folder and renamed into place once complete; a folder counts as
+a variant only if it holds ``ufkit_variant.json``, which is written last. An interrupted run therefore leaves
+nothing that :func:`load_variant` accepts.
+
+Sources: ONNX Runtime's quantization guide (onnxruntime.ai/docs/performance/model-optimizations/quantization)
+and transformer optimizer; torchao's ``quantize_`` API; the variant list of anuk909/fast-bert, made fair here
+(every backend at the same thread count, real sentences) and given a cure for int8 accuracy collapse
+(:func:`sensitivity` and :func:`auto_quantize`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..cache import fingerprint
+from ..measure.timing import num_threads
+from .auto import _logits, _tokenized, auto_quantize
+from .common import COMPILED, MARKER, ONNX_FILE, VARIANTS, QuantizeError
+from .onnx import OnnxClassifier, export_onnx, optimize_onnx, quantize_onnx_dynamic, quantize_onnx_static
+
+
+def check_classifier(name_or_path) -> str:
+    """Resolve a model id or folder and check that it is a sequence classifier.
+
+    Returns:
+        the folder or hub id to load from.
+
+    Raises:
+        QuantizeError: the path does not exist, has no readable config, or the checkpoint has no
+            sequence-classification head (quantizing a randomly initialised head would report nonsense).
+    """
+    from transformers import AutoConfig
+
+    from ..models import ModelError, _quiet_transformers, resolve_model
+
+    try:
+        source = resolve_model(name_or_path)
+        with _quiet_transformers():
+            cfg = AutoConfig.from_pretrained(source, local_files_only=Path(source).is_dir())
+    except ModelError as e:
+        raise QuantizeError(f"--model: {e}") from None
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QuantizeError(f"--model {str(name_or_path)!r}: cannot read its config: {first}") from None
+    archs = getattr(cfg, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise QuantizeError(f"--model {str(name_or_path)!r} is not a sequence-classification model (architectures: "
+                            f"{archs or 'none'}); fine-tune it first, e.g. with `ufkit finetune`")
+    return source
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it.
+
+    Raises:
+        QuantizeError: the folder cannot be created or written (naming it).
+    """
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise QuantizeError(f"--output {str(folder)!r} is not writable: {e.strerror or e}") from None
+    return folder
+
+
+@contextlib.contextmanager
+def _atomic_variant(out: Path, name: str, info: dict):
+    """Yield a temporary folder; on success write the marker and rename it to ``out / name``."""
+    from ..models import atomic_folder
+
+    with atomic_folder(out / name) as tmp:
+        yield tmp
+        marker = {"variant": name, "description": VARIANTS.get(name, name), **info,
+                  "size_mb": _folder_mb(tmp), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, default=_json_default))
+
+
+def _json_default(value):
+    return value.item() if hasattr(value, "item") else str(value)  # numpy scalars as numbers
+
+
+def _folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1e6
+
+
+def list_variants(folder: str | os.PathLike) -> list[str]:
+    """Names of the complete variants in a :func:`quantize` output folder, in :data:`VARIANTS` order."""
+    folder = Path(folder)
+    found = [p.name for p in folder.iterdir() if p.is_dir() and (p / MARKER).is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda n: (list(VARIANTS).index(n) if n in VARIANTS else len(VARIANTS), n))
+
+
+def is_variant_folder(folder: str | os.PathLike) -> bool:
+    """True for a :func:`quantize` output folder (one holding at least one complete variant)."""
+    return bool(list_variants(folder))
+
+
+def variant_info(path: str | os.PathLike) -> dict:
+    """The ``ufkit_variant.json`` of one variant folder.
+
+    Raises:
+        QuantizeError: the folder is not a complete variant (missing, or left by an interrupted run).
+    """
+    path = Path(path)
+    marker = path / MARKER
+    if not marker.is_file():
+        raise QuantizeError(f"{str(path)!r} is not a complete quantized variant (no {MARKER}; "
+                            "an interrupted `ufkit quantize` leaves none)")
+    return json.loads(marker.read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the whole pipeline
+
+
+def _model_id(source: str) -> str:
+    """The content fingerprint of a local model folder (:func:`ufkit.cache.fingerprint`), else the hub id."""
+    return fingerprint(source) if Path(source).is_dir() else source
+
+
+def _is_current(path: Path, recipe: dict) -> bool:
+    """A complete variant made from the same model files with the same settings (else it is remade)."""
+    if not (path / MARKER).is_file():
+        return False
+    return json.loads((path / MARKER).read_text()).get("recipe") == recipe
+
+
+def _save_torchao(source: str, out: Path) -> dict:
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TorchAoConfig
+
+    from ..models import _quiet_transformers
+
+    with _quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local = Path(source).is_dir()
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, local_files_only=local, device_map="cpu",
+            quantization_config=TorchAoConfig(Int8DynamicActivationInt8WeightConfig()))
+        model.save_pretrained(out, safe_serialization=True)
+        AutoTokenizer.from_pretrained(source, local_files_only=local).save_pretrained(out)
+    return {"config": "Int8DynamicActivationInt8WeightConfig", "format": "safetensors (transformers TorchAoConfig)"}
+
+
+def quantize(model: str | os.PathLike | None, output: str | os.PathLike, *, variants: Iterable[str] | None = None,
+             calibration_texts: Sequence[str] | None = None, validation=None, budget: float = 1.0,
+             threads: int | None = None, skip_existing: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Write the quantized variants of a sequence classifier, one sub-folder each (see the module docstring).
+
+    Args:
+        model: a fine-tuned classifier: local folder or hub id.
+        output: the folder to write (created if missing); existing variants are replaced.
+        variants: names from :data:`VARIANTS` (default: all). ``onnx_*`` variants build on ``onnx_fp32`` and
+            ``onnx_optimized``, which are written as well when needed.
+        calibration_texts: real sentences for ``onnx_int8_static`` (required for it).
+        validation (`datasets.Dataset`): labeled sentences for ``onnx_int8_auto`` (required for it).
+        budget: accuracy points ``onnx_int8_auto`` may lose on ``validation``.
+        threads: ORT threads while searching (default :func:`ufkit.config.bench_threads`).
+        skip_existing: keep complete variants already in ``output`` that were made from the same model files
+            with the same settings (a resumable run, and a cache); others are remade.
+
+    Returns:
+        DataFrame, one row per variant written: ``variant``, ``description``, ``size_mb``, ``seconds`` (time to
+        make it), ``path``.
+
+    Raises:
+        QuantizeError: missing model, a model without a classification head, an unwritable ``output``, an unknown
+            variant, or a variant whose inputs (calibration sentences, validation data) are missing.
+    """
+    from tqdm.auto import tqdm
+
+    from ..models import load_model
+
+    wanted = list(VARIANTS) if variants is None else list(dict.fromkeys(variants))
+    unknown = [v for v in wanted if v not in VARIANTS]
+    if unknown:
+        raise QuantizeError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if "onnx_int8_static" in wanted and not calibration_texts:
+        raise QuantizeError("onnx_int8_static needs calibration_texts (real sentences)")
+    if "onnx_int8_auto" in wanted and validation is None:
+        raise QuantizeError("onnx_int8_auto needs a labeled validation split")
+    source = check_classifier(model)
+    out = check_writable(output)
+    # ORT variants need the ONNX files they build on.
+    needs = set(wanted)
+    if any(v.startswith("onnx_int8") for v in needs):
+        needs |= {"onnx_optimized", "onnx_fp32"}
+    if "onnx_optimized" in needs:
+        needs.add("onnx_fp32")
+    recipe = {"model_id": _model_id(source), "budget": budget,
+              "n_calibration": len(calibration_texts or []), "n_validation": None if validation is None else
+              len(validation)}
+    todo = [v for v in VARIANTS if v in needs and not (skip_existing and _is_current(out / v, recipe))]
+    for stale in out.glob(".*.tmp-*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+
+    net, tokenizer = load_model(source)
+    rows = []
+    for name in tqdm(todo, desc="quantize", disable=not progress):
+        t0 = time.perf_counter()
+        info = {"source": str(model if model is not None else source), "recipe": recipe}
+        # info is filled in place: the context manager writes it as the marker when the block succeeds
+        with _atomic_variant(out, name, info) as tmp:
+            if name == "pytorch_fp32":
+                net.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+            elif name == "torchao_int8":
+                info.update(_save_torchao(source, tmp))
+            else:
+                tokenizer.save_pretrained(tmp)
+                onnx_path = tmp / ONNX_FILE
+                fp32 = out / "onnx_fp32" / ONNX_FILE
+                opt = out / "onnx_optimized" / ONNX_FILE
+                if name == "onnx_fp32":
+                    info.update(export_onnx(net, tokenizer, onnx_path, texts=calibration_texts))
+                elif name == "onnx_optimized":
+                    info["fused"] = optimize_onnx(fp32, onnx_path, net.config)
+                elif name == "onnx_int8_dynamic":
+                    quantize_onnx_dynamic(opt, onnx_path, per_channel=False)
+                elif name == "onnx_int8_dynamic_per_channel":
+                    quantize_onnx_dynamic(opt, onnx_path, per_channel=True)
+                elif name == "onnx_int8_static":
+                    info.update(quantize_onnx_static(fp32, onnx_path, tokenizer, calibration_texts))
+                elif name == "onnx_int8_auto":
+                    report = auto_quantize(opt, onnx_path, tokenizer, validation, budget=budget, threads=threads,
+                                           progress=progress)
+                    chosen = report.iloc[-1]
+                    info.update({"budget": budget, "fp32_accuracy": report.attrs["fp32_accuracy"],
+                            "accuracy": chosen["accuracy"], "accuracy_drop": chosen["accuracy_drop"],
+                            "within_budget": chosen["within_budget"], "kept_fp32": chosen["kept_fp32"],
+                            "n_validation": len(validation)})
+                    report.to_csv(tmp / "fallback_search.csv", index=False)
+                    report.attrs["sensitivity"].to_csv(tmp / "sensitivity.csv", index=False)
+            info["seconds"] = time.perf_counter() - t0
+        rows.append({"variant": name, "description": VARIANTS[name], "size_mb": _folder_mb(out / name),
+                     "seconds": info["seconds"], "path": str(out / name)})
+    return pd.DataFrame(rows, columns=["variant", "description", "size_mb", "seconds", "path"])
+
+
+def load_variant(path: str | os.PathLike, *, threads: int | None = None, compile: bool = False):
+    """Load one variant written by :func:`quantize`.
+
+    Args:
+        path: the variant's folder (e.g. ``out/onnx_int8_dynamic``).
+        threads: ORT intra-op threads for ONNX variants (PyTorch variants follow ``torch.set_num_threads``).
+        compile: wrap a PyTorch variant in ``torch.compile(dynamic=True)``.
+
+    Returns:
+        ``(model, tokenizer, info)``: a ``torch.nn.Module`` or an :class:`OnnxClassifier`, the tokenizer and the
+        variant's ``ufkit_variant.json``.
+
+    Raises:
+        QuantizeError: not a complete variant folder, or it cannot be loaded.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..models import _quiet_transformers
+
+    path = Path(path)
+    info = variant_info(path)
+    with _quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if (path / ONNX_FILE).is_file():
+            return OnnxClassifier(path / ONNX_FILE, threads), tokenizer, info
+        try:
+            if info["variant"] == "torchao_int8":
+                import torchao  # noqa: F401  (registers the int8 tensor type for loading)
+            model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True,
+                                                                       device_map="cpu")
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise QuantizeError(f"cannot load variant {str(path)!r}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    if compile:
+        import torch
+
+        model = torch.compile(model, dynamic=True)
+    return model, tokenizer, info
+
+
+def _variant_rows(folder, variants, include_compiled):
+    names = list_variants(folder)
+    if not names:
+        raise QuantizeError(f"{str(folder)!r} holds no quantized variants; run `ufkit quantize` first")
+    if variants is not None:
+        unknown = [v for v in variants if v not in names and v != COMPILED]
+        if unknown:
+            raise QuantizeError(f"variant(s) {unknown} not in {str(folder)!r}; it has {names}")
+        names = [v for v in names if v in variants]
+        include_compiled = include_compiled or COMPILED in variants
+    rows = [(n, False) for n in names]
+    if include_compiled and "torchao_int8" in list_variants(folder):
+        rows.insert(rows.index(("torchao_int8", False)) + 1 if ("torchao_int8", False) in rows else len(rows),
+                    (COMPILED, True))
+    return rows
+
+
+def benchmark_variants(folder: str | os.PathLike, texts: Sequence[str] | None = None, *,
+                       batch_sizes: Sequence[int] = (1, 32), variants: Sequence[str] | None = None,
+                       include_compiled: bool = False, threads: int | None = None, n_warmup: int = 10,
+                       n_iters: int = 50, max_seconds: float | None = None, table: str | None = None,
+                       model_name: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Time every variant of a :func:`quantize` folder at the same thread count on the same real sentences.
+
+    PyTorch runs with ``torch.set_num_threads(threads)`` and ONNX Runtime with ``intra_op_num_threads=threads``
+    (inter-op 1); ``threads`` defaults to :func:`ufkit.config.bench_threads`. Columns are those of
+    :func:`ufkit.measure.benchmark` (latency in ms, throughput in sequences/s, size in MB of the variant's files,
+    peak memory) plus ``variant``, ``model`` and ``compile_s`` (``torch.compile`` warm-up time, compiled row only).
+
+    Args:
+        table: results-store table to append the rows to (None: do not store).
+        max_seconds: cap on the timed runs of one row: a variant whose single call takes longer than
+            ``max_seconds / n_iters`` is timed fewer times (at least 5; the row's ``n_iters`` says how many), so
+            a slow backend does not stall the sweep.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .. import config
+    from ..measure import benchmark, make_batches
+
+    threads = config.bench_threads() if threads is None else threads
+    folder = Path(folder)
+    model_name = model_name or folder.name
+    frames = []
+    for name, compiled in tqdm(_variant_rows(folder, variants, include_compiled), desc="benchmark",
+                               disable=not progress):
+        path = folder / ("torchao_int8" if compiled else name)
+        model, tokenizer, info = load_variant(path, threads=threads, compile=compiled)
+        extra = {"variant": name, "model": model_name, "model_id": info.get("recipe", {}).get("model_id")}
+        if compiled:  # compile for both batch shapes before timing
+            t0 = time.perf_counter()
+            with num_threads(threads), torch.inference_mode():
+                for b in batch_sizes:
+                    model(**make_batches(tokenizer, list(texts or ["warm up"]), b, n_batches=1)[0])
+            extra["compile_s"] = time.perf_counter() - t0
+        for b in batch_sizes:
+            iters = n_iters
+            if max_seconds is not None:
+                probe = make_batches(tokenizer, list(texts or ["a probe"]), b, n_batches=1)[0]
+                with num_threads(threads), torch.inference_mode():
+                    t0 = time.perf_counter()
+                    model(**probe)
+                    once = time.perf_counter() - t0
+                iters = max(5, min(n_iters, int(max_seconds / max(once, 1e-9))))
+            frames.append(benchmark(model, tokenizer, texts, name=f"{model_name}/{name}", batch_size=b,
+                                    n_warmup=min(n_warmup, iters), n_iters=iters, threads=threads,
+                                    size_mb=info["size_mb"], table=table, extra=extra))
+        del model
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate_variants(folder: str | os.PathLike, dataset, *, variants: Sequence[str] | None = None,
+                      threads: int | None = None, batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Accuracy, precision, recall and F1 of every variant, its degradation against fp32 and its agreement.
+
+    Args:
+        dataset (`datasets.Dataset`): a labeled split (``text``, ``label``).
+
+    Returns:
+        DataFrame indexed by ``variant`` with the columns of :func:`ufkit.evaluate.evaluate` plus
+        ``accuracy_drop`` (points below ``pytorch_fp32``), ``f1_drop``, ``agreement`` (percent of predictions equal
+        to ``pytorch_fp32``'s) and ``degraded`` (accuracy drop above 1 point). Without a ``pytorch_fp32`` variant
+        the reference is the first variant.
+    """
+    from tqdm.auto import tqdm
+
+    from ..evaluate import compute_metrics
+
+    folder = Path(folder)
+    rows, preds = [], {}
+    for name, _ in tqdm(_variant_rows(folder, variants, False), desc="evaluate", disable=not progress):
+        model, tokenizer, _ = load_variant(folder / name, threads=threads)
+        tokenized = _tokenized(dataset, tokenizer)
+        labels = np.asarray(tokenized["label"])
+        if (labels < 0).any():
+            raise QuantizeError("the split has unlabeled rows (label -1); evaluate on a labeled split")
+        logits = _logits(model, tokenized, tokenizer, batch_size)
+        preds[name] = logits.argmax(-1)
+        rows.append(pd.Series(compute_metrics(labels, preds[name], logits.shape[1]), name=name))
+    df = pd.DataFrame(rows)
+    df.index.name = "variant"
+    ref = "pytorch_fp32" if "pytorch_fp32" in df.index else df.index[0]
+    df["accuracy_drop"] = df.loc[ref, "accuracy"] - df["accuracy"]
+    df["f1_drop"] = df.loc[ref, "f1_macro"] - df["f1_macro"]
+    df["agreement"] = [100.0 * (preds[n] == preds[ref]).mean() for n in df.index]
+    df["degraded"] = df["accuracy_drop"] > 1.0
+    return df
