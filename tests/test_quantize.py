@@ -136,16 +136,19 @@ def test_interrupted_run_leaves_nothing_loadable(tiny_model_dir, tmp_path, monke
     Q.load_variant(out / "onnx_int8_dynamic", threads=1)
     assert Q.quantize(tiny_model_dir, out, variants=["onnx_int8_dynamic"], skip_existing=True,
                       progress=False).empty  # nothing left to do
-    # a changed model is not a cache hit: every variant is remade from it
-    import os
+    # a changed model (other weights; the cache compares content, not paths or times) is not a cache hit:
+    # every variant is remade from it
+    import shutil
 
-    weights = next(tiny_model_dir.glob("*.safetensors"))
-    st = weights.stat()
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    try:
-        df = Q.quantize(tiny_model_dir, out, variants=["onnx_int8_dynamic"], skip_existing=True, progress=False)
-    finally:
-        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    from safetensors.torch import load_file, save_file
+
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_model_dir, changed)
+    assert Q.quantize(changed, out, variants=["onnx_int8_dynamic"], skip_existing=True, progress=False).empty
+    weights = load_file(changed / "model.safetensors")
+    weights["classifier.bias"] = weights["classifier.bias"] + 1.0
+    save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
+    df = Q.quantize(changed, out, variants=["onnx_int8_dynamic"], skip_existing=True, progress=False)
     assert list(df["variant"]) == ["onnx_fp32", "onnx_optimized", "onnx_int8_dynamic"]
 
 

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import UfkitError
 from ..distill import hidden_mse, kd_loss
+from ..training import TrainConfig
 from ..surgery import check_bert_classifier, rewire
 from .space import ArchConfig, NasError, SearchSpace
 
@@ -96,14 +97,15 @@ def slice_state_dict(state_dict: dict[str, torch.Tensor], target_shapes: dict[st
 
 
 @dataclass
-class SupernetTrainConfig:
-    """Hyper-parameters of :meth:`SuperBert.fit`.
+class SupernetTrainConfig(TrainConfig):
+    """Hyper-parameters of :meth:`SuperBert.fit`: the training loop's (:class:`ufkit.training.TrainConfig`) with other
+    defaults, plus the sandwich rule's and the distillation's.
 
     Attributes:
-        epochs: passes over the training sentences (fractions allowed); ``max_steps`` overrides it.
+        learning_rate: peak AdamW learning rate (3e-4, higher than for fine-tuning, because a few hundred steps must
+            move the narrow slices a long way).
         batch_size: sentences per step; every sub-model of the sandwich sees the same batch.
-        learning_rate: peak AdamW learning rate, after ``warmup_ratio`` of the steps, decayed linearly to 0 (3e-4,
-            higher than for fine-tuning, because a few hundred steps must move the narrow slices a long way).
+        seed, log_every: as in :class:`~ufkit.training.TrainConfig` (defaults 0 and 20).
         n_random: random sub-models per step besides the largest and the smallest (the sandwich rule; 2 in
             Yu & Huang 2019).
         temperature: distillation temperature ``T``; the KD loss is ``T^2 KL(p_teacher^T || p_student^T)``.
@@ -111,50 +113,40 @@ class SupernetTrainConfig:
         hidden_weight: weight of the hidden-state loss: the mean squared error between the sub-model's hidden
             states (embeddings and each of its layers) and the first ``hidden_size`` dimensions of the teacher's at
             the same layers, over real tokens (0: logits only).
-        max_length: longer sentences are truncated to this many tokens.
         head_warmup_texts, head_warmup_steps: before the sandwich, fit every depth's own head (``head_per_depth``)
             to the teacher's logits on the frozen full-width features of the first ``head_warmup_texts`` training
             sentences, for ``head_warmup_steps`` steps (:meth:`SuperBert.fit_heads`); 0 texts: no warm-up.
         dropout: train with the base config's dropout. Off by default: the targets are the teacher's (dropout-free)
             outputs, and with dropout on, the largest sub-model, which starts equal to the teacher, has a loss floor
             made of dropout noise alone, whose gradient fights the matching.
+
+    The other fields (``epochs``, ``max_steps``, ``warmup_ratio``, ``weight_decay``, ``max_grad_norm``,
+    ``max_length``, ``mixed_precision``, ``lr_scheduler_type``) are the loop's.
     """
 
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 32
     learning_rate: float = 3e-4
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
+    seed: int = 0
+    log_every: int = 20
     n_random: int = 2
     temperature: float = 1.0
     alpha: float = 1.0
     hidden_weight: float = 0.0
     head_warmup_texts: int = 2000
     head_warmup_steps: int = 300
-    max_grad_norm: float = 1.0
-    max_length: int = 128
     dropout: bool = False
-    seed: int = 0
 
     def validate(self) -> None:
         """Raise :class:`NasError` naming the first out-of-range field."""
-        if not self.epochs > 0 and not self.max_steps:
-            raise NasError(f"epochs must be positive, got {self.epochs}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise NasError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise NasError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not self.learning_rate > 0:
-            raise NasError(f"learning_rate must be positive, got {self.learning_rate}")
+        try:
+            super().validate()
+        except UfkitError as e:
+            raise NasError(str(e)) from None
         if not isinstance(self.n_random, int) or self.n_random < 0:
             raise NasError(f"n_random must be a non-negative integer, got {self.n_random!r}")
         if not self.temperature > 0:
             raise NasError(f"temperature must be positive, got {self.temperature}")
         if not 0 < self.alpha <= 1:
             raise NasError(f"alpha must be in (0, 1], got {self.alpha}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise NasError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not self.hidden_weight >= 0:
             raise NasError(f"hidden_weight must be non-negative, got {self.hidden_weight}")
         for name in ("head_warmup_texts", "head_warmup_steps"):
@@ -362,7 +354,7 @@ class SuperBert(nn.Module):
             NasError: a bad ``cfg``, no data, unlabeled data with ``alpha < 1``, or a teacher of another width.
         """
         from ..data import make_dataloader, tokenize
-        from ..training import TrainConfig, train_loop
+        from ..training import train_loop
 
         cfg = cfg or SupernetTrainConfig()
         cfg.validate()
@@ -381,10 +373,6 @@ class SuperBert(nn.Module):
             warmup = self.fit_heads(teacher, tokenizer, tok.select(range(min(len(tok), cfg.head_warmup_texts))),
                                     steps=cfg.head_warmup_steps, temperature=cfg.temperature, seed=cfg.seed)
         loader = make_dataloader(tok, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        loop_cfg = TrainConfig(learning_rate=cfg.learning_rate, epochs=cfg.epochs, max_steps=cfg.max_steps,
-                               batch_size=cfg.batch_size, warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-                               max_grad_norm=cfg.max_grad_norm, max_length=cfg.max_length, seed=cfg.seed,
-                               log_every=20)
 
         def sandwich(batch):
             """The largest, the smallest and n_random random sub-models on one batch, one loss each."""
@@ -407,7 +395,7 @@ class SuperBert(nn.Module):
         teacher.eval()
         try:
             # dropout is the only difference between the modes here
-            history = train_loop(self, loader, sandwich, loop_cfg, desc="super-model (sandwich)", progress=progress,
+            history = train_loop(self, loader, sandwich, cfg, desc="super-model (sandwich)", progress=progress,
                                  on_start=lambda: self.train(cfg.dropout))
         finally:
             teacher.train(teacher_was_training)
@@ -543,14 +531,12 @@ def load_or_train(path: str | os.PathLike, teacher, tokenizer, data, *, space: S
     """
 
     from ..cache import fingerprint_model, fingerprint_texts, load_or_make
-    from ..training import resolve_mixed_precision
 
     cfg = cfg or SupernetTrainConfig()
     cfg.validate()
     space = space or SearchSpace.from_config(teacher.config)
-    recipe = {"config": asdict(cfg), "space": space.to_dict(), "n_texts": len(data), "rewire": rewire_first,
-              "head_per_depth": head_per_depth, "format_version": FORMAT_VERSION,
-              "mixed_precision": resolve_mixed_precision(), "teacher_id": fingerprint_model(teacher),
+    recipe = {"config": cfg.recipe(), "space": space.to_dict(), "n_texts": len(data), "rewire": rewire_first,
+              "head_per_depth": head_per_depth, "format_version": FORMAT_VERSION, "teacher_id": fingerprint_model(teacher),
               "data_id": fingerprint_texts(data["text"], data["label"])}
 
     def make():
