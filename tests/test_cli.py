@@ -165,3 +165,12 @@ def test_model_and_data_labels_must_match(tiny_model_dir, tiny_topic_model_dir, 
     assert "onnx_int8_static" in r.stdout and "scored all 16 rows" in r.stdout
     assert_one_line_error(cli("evaluate", "--model", out, "--data", unknown, *columns), "unknown label 'weather'")
 
+
+def test_commands_print_only_their_own_output(tiny_model_dir, tiny_tsv_dir, tmp_path):
+    """No torchao library-load failures, torch deprecation notes or Hugging Face progress bars."""
+    r = ufkit("evaluate", "--model", tiny_model_dir, "--data", tiny_tsv_dir)
+    assert r.returncode == 0 and r.stderr == ""
+    r = ufkit("quantize", "--model", tiny_model_dir, "--output", tmp_path / "q", "--variant", "torchao_int8")
+    assert r.returncode == 0, r.stderr
+    for chatter in ("Failed to load", "register_constant", "Loading weights", "Writing model shards", "_pytree"):
+        assert chatter not in r.stderr

@@ -7,7 +7,9 @@ numbers them (its ``config.id2label``): a file may hold a subset of the model's 
 does not know, or a data set with another number of classes, is refused.
 
 Bad input (an unknown model path, missing data, an unknown column, a bad batch size) ends with exit code 2
-and one line on standard error that names the argument: ``error: --batch-size must be ...``.
+and one line on standard error that names the argument: ``error: --batch-size must be ...``. Library chatter
+that is not an error (torchao's CUDA-only extensions that do not load on a CPU, torch's deprecation notes,
+Hugging Face progress bars) is silenced, so that each command prints its own output only.
 ``ufkit finetune`` runs unchanged under ``accelerate launch -m ufkit.cli finetune ...``.
 """
 
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -56,6 +60,39 @@ def _errors_as_one_line(fn):
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UfkitError(f"{name} must be a positive integer, got {value}")
+
+
+class _DropMessages(logging.Filter):
+    """Drop log records whose message starts with ``prefix`` and contains ``also``, while ``when()`` holds."""
+
+    def __init__(self, prefix: str, also: str, when=lambda: True):
+        super().__init__()
+        self.prefix, self.also, self.when = prefix, also, when
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith(self.prefix) and self.also in message and self.when())
+
+
+def _no_cuda() -> bool:
+    import torch  # already loaded: torchao logs while importing it
+
+    return not torch.cuda.is_available()
+
+
+def _quiet_libraries() -> None:
+    """Silence library output that is neither an error nor the command's own (before those libraries load).
+
+    - torchao warns once per CUDA-only extension library (``_C_mxfp8``, ``_C_cutlass_90a``) that cannot load on
+      a machine without CUDA; its CPU int8 path does not use them (with CUDA, the warning shows).
+    - torch warns that torchao registers enums with ``register_constant`` (a deprecation inside torchao).
+    - Hugging Face progress bars (loading weights, ``datasets.map``) unless the user set them.
+    Any other warning from these loggers, and every error, still shows.
+    """
+    logging.getLogger("torchao").addFilter(_DropMessages("Failed to load ", ".so", when=_no_cuda))
+    logging.getLogger("torch.utils._pytree").addFilter(_DropMessages("<enum ", "register_constant()"))
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow the hub's
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def _metrics_table(row) -> str:
@@ -393,6 +430,7 @@ def bench_fff(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ufkit`` script: click's usage errors become one line too."""
+    _quiet_libraries()
     try:
         rv = app(args=argv, standalone_mode=False)
     except typer.Exit as e:
