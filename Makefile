@@ -4,10 +4,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ufkit-installed
-NBVAL_DIR := .nbval
-NOTEBOOKS := $(sort $(wildcard notebooks/*.py))
 
-.PHONY: install book test unit nbval clean
+.PHONY: install book test clean
 
 # torch first and pinned: 2.13.0 is the CPU wheel on this machine's disk; an unpinned torch would pull a
 # multi-GB CUDA build. The package's own ranges then admit the installed torch and install nothing more.
@@ -24,14 +22,10 @@ book: install
 	$(VENV)/bin/jupyter-book build .
 	test -f _build/html/index.html
 
-# Notebooks are py:percent files in git; nbval needs .ipynb, written (not committed) to .nbval/.
-nbval: install
-	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)
-	for nb in $(NOTEBOOKS); do \
-	  $(VENV)/bin/jupytext --quiet --to ipynb -o $(NBVAL_DIR)/$$(basename $${nb%.py}).ipynb $$nb || exit 1; done
-
-test: nbval
-	UFKIT_SMOKE=1 $(PY) -m pytest tests $(NBVAL_DIR) --nbval-lax --nbval-current-env -p no:cacheprovider
+# testpaths are tests/ and notebooks/; with --nbval-lax the root conftest.py converts each notebooks/*.py
+# (py:percent) to a temporary .ipynb and nbval runs it in this environment's kernel.
+test: install
+	UFKIT_SMOKE=1 $(PY) -m pytest --nbval-lax -p no:cacheprovider
 
 clean:
-	rm -rf _build $(NBVAL_DIR)
+	rm -rf _build .nbval

@@ -1,13 +1,13 @@
-"""Shared fixtures: a tiny random BERT (hidden 32, 2 layers) saved in a temporary folder, and tiny TSV data."""
+"""Shared fixtures: tiny random BERT classifiers (hidden 32, 2 layers) saved in temporary folders, and tiny data."""
 
 from __future__ import annotations
 
 import pytest
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny BertForSequenceClassification with the packaged MiniLM tokenizer, saved with save_pretrained."""
+def save_tiny_classifier(path, label_names):
+    """A tiny BertForSequenceClassification (hidden 32, 2 layers) with the packaged MiniLM tokenizer, whose
+    ``config.id2label`` is ``label_names``, saved in ``path`` with save_pretrained."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -17,12 +17,27 @@ def tiny_model_dir(tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=128,
-                        num_labels=2, id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
+                        num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                        label2id={name: i for i, name in enumerate(label_names)})
     model = BertForSequenceClassification(config).eval()
-    path = tmp_path_factory.mktemp("tiny-bert")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny binary classifier (labels "0", "1", as SST-2's)."""
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny-bert"), ["0", "1"])
+
+
+TOPICS = ["sports", "world", "business", "tech"]  # id order; not sorted, as a model trained elsewhere may have it
+
+
+@pytest.fixture(scope="session")
+def tiny_topic_model_dir(tmp_path_factory):
+    """A tiny 4-class classifier whose labels are the strings in ``TOPICS``, in that id order."""
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny-topic-bert"), TOPICS)
 
 
 @pytest.fixture()

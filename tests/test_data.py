@@ -3,8 +3,8 @@ import json
 import pytest
 
 from ufkit import config
-from ufkit.data import (DataError, LengthBucketBatchSampler, infer_label_names, load_local, load_sst2,
-                        load_task, make_dataloader, tokenize)
+from ufkit.data import (DataError, LabelError, LengthBucketBatchSampler, infer_label_names, load_local,
+                        load_sst2, load_task, make_dataloader, tokenize)
 
 
 def test_glue_folder(tiny_tsv_dir):
@@ -42,12 +42,67 @@ def test_integer_labels_sort_numerically():
 def test_bad_rows_reported_with_line_numbers(tmp_path):
     (tmp_path / "train.tsv").write_text("sentence\tlabel\nok \t0\n\t1\nfine \t1\nodd \t7\n")
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\nok \t0\n")
-    with pytest.raises(DataError, match=r"missing text on line\(s\) 3.*unknown label on line\(s\) 5"):
+    with pytest.raises(DataError, match=r"missing text on line\(s\) 3.*unknown label '7' on line\(s\) 5"):
         load_local(tmp_path, label_names=["0", "1"])
     with pytest.warns(UserWarning, match="line"):
         task = load_local(tmp_path, label_names=["0", "1"], on_bad_rows="skip")
     assert task["train"]["text"] == ["ok ", "fine "]
     assert task.skipped == {"train": [3, 5]}
+
+
+TOPICS = ["sports", "world", "business", "tech"]  # a classifier's id2label, not in sorted order
+
+
+def write_csv(path, labels):
+    path.write_text("\n".join(["text,topic"] + [f"headline {i},{lab}" for i, lab in enumerate(labels)]) + "\n")
+    return path
+
+
+def test_string_labels_follow_the_given_label_names(tmp_path):
+    """A test file with a subset of a classifier's classes keeps the classifier's ids, not sorted ones."""
+    csv = write_csv(tmp_path / "test.csv", ["world", "tech", "tech", "world", "tech"])
+    task = load_local(csv, text_column="text", label_column="topic", label_names=TOPICS, validation_fraction=1.0)
+    assert list(task.splits) == ["validation"]  # 1.0: the whole file, nothing held out for training
+    assert task["validation"]["label"] == [1, 3, 3, 1, 3]
+    assert task.label_names == TOPICS and task.num_labels == 4
+    # without label_names the file's own two labels would have been 0 and 1
+    assert load_local(csv, text_column="text", label_column="topic", validation_fraction=1.0).label_names == \
+        ["tech", "world"]
+
+
+def test_label_outside_the_given_names_is_a_label_error(tmp_path):
+    csv = write_csv(tmp_path / "test.csv", ["world", "weather", "tech", "weather"])
+    with pytest.raises(LabelError) as e:
+        load_task(csv, text_column="text", label_column="topic", label_names=TOPICS)
+    assert "test.csv" in str(e.value) and "unknown label 'weather' on line(s)" in str(e.value)
+    assert "on_bad_rows" not in e.value.reason and "--" not in str(e.value)
+
+
+def test_integer_labels_are_ids_for_placeholder_names(tmp_path):
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nfine \t1\nbad \t0\n")
+    task = load_local(tmp_path, label_names=["LABEL_0", "LABEL_1"])
+    assert task["validation"]["label"] == [1, 0]
+    with pytest.raises(LabelError, match="unknown label '1'"):
+        load_local(tmp_path, label_names=["0", "2"])  # integer names are names
+
+
+def test_declared_label_set_must_have_as_many_labels(tiny_tsv_dir, monkeypatch):
+    monkeypatch.setenv("UFKIT_DATA", str(tiny_tsv_dir))
+    with pytest.raises(LabelError, match=r"has 2 labels \['0', '1'\], not the 4 labels"):
+        load_task(None, label_names=["a", "b", "c", "d"])
+    sst2 = load_task(None)
+    swapped = load_task(None, label_names=["1", "0"])  # same names, other order: renumbered by name
+    assert swapped["validation"]["label"] == [1 - i for i in sst2["validation"]["label"]]
+    named = load_task(None, label_names=["NEGATIVE", "POSITIVE"])  # other names: ids kept
+    assert named["validation"]["label"] == sst2["validation"]["label"] and named.label_names[0] == "NEGATIVE"
+
+
+def test_validation_fraction_bounds(tmp_path):
+    csv = write_csv(tmp_path / "t.csv", TOPICS * 3)
+    with pytest.raises(DataError, match=r"validation_fraction must be in \(0, 1\]"):
+        load_local(csv, text_column="text", label_column="topic", validation_fraction=0.0)
+    task = load_local(csv, text_column="text", label_column="topic")
+    assert len(task["train"]) + len(task["validation"]) == 12 and len(task["validation"]) == 1
 
 
 def test_unknown_column(tiny_tsv_dir):
@@ -122,6 +177,10 @@ def test_hub_path_with_class_labels(monkeypatch):
     assert task.label_names == ["negative", "positive"]
     assert task["train"]["label"] == [1, 0, 1]
     assert task["test"]["label"] == [-1]
+    renamed = load_task("glue", subset="sst2", label_names=["positive", "negative"])
+    assert renamed["train"]["label"] == [0, 1, 0] and renamed.label_names == ["positive", "negative"]
+    with pytest.raises(LabelError, match="has 2 labels"):
+        load_task("glue", subset="sst2", label_names=["a", "b", "c"])
 
 
 def test_hub_unreachable_is_a_clear_error(monkeypatch):

@@ -2,8 +2,14 @@
 
 ``ufkit evaluate`` and ``ufkit benchmark`` given a folder written by ``ufkit quantize`` run every variant in it.
 
+Where a model meets labeled data (``evaluate``, ``quantize``), the data's labels are numbered as the model
+numbers them (its ``config.id2label``): a file may hold a subset of the model's classes, and a label the model
+does not know, or a data set with another number of classes, is refused.
+
 Bad input (an unknown model path, missing data, an unknown column, a bad batch size) ends with exit code 2
-and one line on standard error that names the argument: ``error: --batch-size must be ...``.
+and one line on standard error that names the argument: ``error: --batch-size must be ...``. Library chatter
+that is not an error (torchao's CUDA-only extensions that do not load on a CPU, torch's deprecation notes,
+Hugging Face progress bars) is silenced, so that each command prints its own output only.
 ``ufkit finetune`` runs unchanged under ``accelerate launch -m ufkit.cli finetune ...``.
 """
 
@@ -11,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -54,17 +62,111 @@ def _positive(name: str, value: int | None) -> None:
         raise UfkitError(f"{name} must be a positive integer, got {value}")
 
 
+class _DropMessages(logging.Filter):
+    """Drop log records whose message starts with ``prefix`` and contains ``also``, while ``when()`` holds."""
+
+    def __init__(self, prefix: str, also: str, when=lambda: True):
+        super().__init__()
+        self.prefix, self.also, self.when = prefix, also, when
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith(self.prefix) and self.also in message and self.when())
+
+
+def _no_cuda() -> bool:
+    import torch  # already loaded: torchao logs while importing it
+
+    return not torch.cuda.is_available()
+
+
+def _quiet_libraries() -> None:
+    """Silence library output that is neither an error nor the command's own (before those libraries load).
+
+    - torchao warns once per CUDA-only extension library (``_C_mxfp8``, ``_C_cutlass_90a``) that cannot load on
+      a machine without CUDA; its CPU int8 path does not use them (with CUDA, the warning shows).
+    - torch warns that torchao registers enums with ``register_constant`` (a deprecation inside torchao).
+    - Hugging Face progress bars (loading weights, ``datasets.map``) unless the user set them.
+    Any other warning from these loggers, and every error, still shows.
+    """
+    logging.getLogger("torchao").addFilter(_DropMessages("Failed to load ", ".so", when=_no_cuda))
+    logging.getLogger("torch.utils._pytree").addFilter(_DropMessages("<enum ", "register_constant()"))
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow the hub's
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
 def _metrics_table(row) -> str:
     table = row.to_frame().T.astype({"n": int})
     return table.to_string(float_format=lambda v: f"{v:.2f}")
 
 
-def _load_task(data, subset, text_column, label_column):
-    from .data import load_hub, load_task
+def _load_task(data, subset, text_column, label_column, label_names=None, validation_fraction=0.1):
+    """Load --data; given ``label_names`` (the model's), number its labels as the model does.
 
-    if subset is not None and data is not None and not Path(data).exists():
-        return load_hub(data, subset, text_column=text_column, label_column=label_column)
-    return load_task(data, text_column=text_column, label_column=label_column)
+    Raises:
+        UfkitError: the data's labels do not fit the model's, naming --data and --model.
+    """
+    from .data import LabelError, load_hub, load_task
+
+    try:
+        if subset is not None and data is not None and not Path(data).exists():
+            return load_hub(data, subset, text_column=text_column, label_column=label_column,
+                            label_names=label_names)
+        return load_task(data, text_column=text_column, label_column=label_column, label_names=label_names,
+                         validation_fraction=validation_fraction)
+    except LabelError as e:
+        raise UfkitError(f"--data does not match --model: {e.reason}") from None
+
+
+def _model_label_names(model) -> list[str]:
+    """The label names of --model in id order (``config.id2label``).
+
+    ``model`` is a hub id, a model folder or None (the packaged MiniLM), or a ``ufkit quantize`` folder: then
+    the config of any of its variants, else of the model it was made from, else ``LABEL_<i>`` for each output
+    of its ONNX graph.
+
+    Raises:
+        UfkitError: the model does not exist or its config cannot be read.
+    """
+    from transformers import AutoConfig
+
+    from .models import _quiet_transformers, resolve_model
+    from .quantize import MARKER, ONNX_FILE, list_variants
+
+    def names(config) -> list[str]:
+        return [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+
+    def read(source) -> list[str]:
+        try:
+            with _quiet_transformers():
+                return names(AutoConfig.from_pretrained(source, local_files_only=Path(source).is_dir()))
+        except (OSError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UfkitError(f"--model {str(model)!r}: cannot read its config: {first}") from None
+
+    variants = list_variants(model) if model is not None else []
+    if not variants:
+        return read(resolve_model(model))
+    folder = Path(model)
+    for v in variants:
+        if (folder / v / "config.json").is_file():
+            return read(str(folder / v))
+    source = json.loads((folder / variants[0] / MARKER).read_text()).get("source")
+    if source and (Path(source) / "config.json").is_file():
+        return read(source)
+    import onnx
+
+    graph = onnx.load(str(folder / variants[0] / ONNX_FILE), load_external_data=False).graph
+    n = graph.output[0].type.tensor_type.shape.dim[-1].dim_value  # logits: (batch, num_labels)
+    if n < 2:
+        raise UfkitError(f"--model {str(model)!r}: cannot tell its labels (no variant holds a config.json)")
+    return [f"LABEL_{i}" for i in range(n)]
+
+
+def _scored(n: int, total: int, where: str) -> str:
+    if n == total:
+        return f"scored all {total} rows of {where}"
+    return f"scored {n} of {total} rows of {where} (a seeded random sample)"
 
 
 @app.command()
@@ -113,43 +215,56 @@ def evaluate(
     model: Optional[str] = ModelOpt,
     data: Optional[str] = DataOpt,
     subset: Optional[str] = SubsetOpt,
-    split: str = typer.Option("validation", help="Split to evaluate on (train, validation, test)."),
+    split: Optional[str] = typer.Option(None, help="Split to evaluate on: train, validation (default), test. "
+                                        "A single file given as --data has no splits: all of it is evaluated."),
     text_column: str = TextOpt,
     label_column: str = LabelOpt,
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", help="Evaluate a seeded random sample of "
+                                              "this many rows (default: every row)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Sequences per forward pass."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads for ONNX variants (default: UFKIT_THREADS, else torch's intra-op thread count)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write metrics.csv into."),
 ):
-    """Accuracy, precision, recall and F1 of a classifier on a split.
+    """Accuracy, precision, recall and F1 of a classifier on a split, or on every row of a single file.
 
-    Given a folder written by `ufkit quantize`, evaluates every variant in it and adds the degradation against
-    fp32 and the agreement of predictions with fp32.
+    The data's labels are numbered as the model numbers them (its config.id2label), so a file may hold a subset
+    of the model's classes. Given a folder written by `ufkit quantize`, evaluates every variant in it and adds
+    the degradation against fp32 and the agreement of predictions with fp32.
     """
+    from .data import subset as sample
     from .evaluate import evaluate as evaluate_model
     from .models import load_model
     from .quantization import evaluate_variants, is_variant_folder
 
     _positive("--batch-size", batch_size)
     _positive("--threads", threads)
-    task = _load_task(data, subset, text_column, label_column)
-    ds = task[split]
+    _positive("--max-samples", max_samples)
+    single_file = data is not None and subset is None and Path(data).expanduser().is_file()
+    if single_file and split not in (None, "validation"):
+        raise UfkitError(f"--split {split!r}: a single file given as --data has no splits; all of it is evaluated")
+    label_names = _model_label_names(model)
+    task = _load_task(data, subset, text_column, label_column, label_names,
+                      validation_fraction=1.0 if single_file else 0.1)
+    ds = task[split or "validation"]
+    scored = sample(ds, max_samples, seed=0)
+    where = str(data) if single_file else f"the {split or 'validation'} split of {task.source}"
     if model is not None and is_variant_folder(model):
-        df = evaluate_variants(model, ds, threads=threads, batch_size=batch_size)
+        df = evaluate_variants(model, scored, threads=threads, batch_size=batch_size)
         if output is not None:
             output.mkdir(parents=True, exist_ok=True)
             df.to_csv(output / "metrics.csv")
         cols = ["n", "accuracy", "precision_macro", "recall_macro", "f1_macro", "accuracy_drop", "agreement",
                 "degraded"]
         typer.echo(df[cols].astype({"n": int}).to_string(float_format=lambda v: f"{v:.2f}"))
+        typer.echo(_scored(len(scored), len(ds), where))
         return
     net, tokenizer = load_model(model)
-    if net.config.num_labels != task.num_labels:
-        raise UfkitError(f"--model has {net.config.num_labels} labels but --data has {task.num_labels}")
-    row = evaluate_model(net, tokenizer, ds, batch_size=batch_size, name=model or "default")
+    row = evaluate_model(net, tokenizer, scored, batch_size=batch_size, name=model or "default")
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         row.to_frame().T.to_csv(output / "metrics.csv", index_label="model")
     typer.echo(_metrics_table(row))
+    typer.echo(_scored(len(scored), len(ds), where))
 
 
 @app.command()
@@ -253,11 +368,11 @@ def quantize(
     if unknown:
         raise UfkitError(f"--variant {unknown[0]!r} is not one of {', '.join(VARIANTS)}")
     # Fail on the model and the folder before loading any data.
-    check_classifier(model)
+    source = check_classifier(model)
     check_writable(output)
     calibration = validation = None
     if "onnx_int8_static" in wanted or "onnx_int8_auto" in wanted:
-        task = _load_task(data, subset, text_column, label_column)
+        task = _load_task(data, subset, text_column, label_column, _model_label_names(source))
         if "onnx_int8_static" in wanted:
             calibration = list(sample(task[calibration_split], calibration_size, seed=0)["text"])
         if "onnx_int8_auto" in wanted:
@@ -318,6 +433,7 @@ def bench_fff(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``ufkit`` script: click's usage errors become one line too."""
+    _quiet_libraries()
     try:
         rv = app(args=argv, standalone_mode=False)
     except typer.Exit as e:

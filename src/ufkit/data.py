@@ -40,6 +40,19 @@ class DataError(UfkitError, ValueError):
     """Data that cannot be read as a text-classification task: missing files, columns, texts or labels."""
 
 
+class LabelError(DataError):
+    """Labels that do not fit the label set asked for: a label outside it, or a data set that declares
+    another number of labels.
+
+    Attributes:
+        reason (`str`): what does not fit, without the advice on how to call the loader that the message adds.
+    """
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
 @dataclass
 class TaskData:
     """A text-classification task.
@@ -72,6 +85,35 @@ class TaskData:
         if split not in self.splits:
             raise DataError(f"split {split!r} not found; available: {', '.join(self.splits)}")
         return self.splits[split]
+
+    def with_label_names(self, label_names: Sequence[str]) -> "TaskData":
+        """This task in another numbering of the same label set, e.g. a classifier's ``config.id2label``.
+
+        For data that declares its label set (SST-2, a hub dataset's ``ClassLabel``): the same names in another
+        order are renumbered by name; other names, as many of them, keep their ids (``0``/``1`` of SST-2 are
+        ``NEGATIVE``/``POSITIVE`` or ``LABEL_0``/``LABEL_1`` to a classifier). To read a file whose labels are
+        a subset of a classifier's, pass ``label_names`` to :func:`load_local` or :func:`load_task` instead.
+
+        Returns:
+            a :class:`TaskData` whose ``label_names`` is ``label_names`` (``self`` when they are equal).
+
+        Raises:
+            LabelError: ``label_names`` has another number of labels than the task.
+        """
+        names = [str(n) for n in label_names]
+        if names == self.label_names:
+            return self
+        if len(names) != self.num_labels:
+            reason = (f"{self.source} has {self.num_labels} labels {self.label_names}, not the {len(names)} "
+                      f"labels {names}")
+            raise LabelError(reason)
+        if sorted(names) == sorted(self.label_names):
+            new_id = [names.index(n) for n in self.label_names]
+            splits = self.splits.map(lambda b: {"label": [new_id[i] if i >= 0 else i for i in b["label"]]},
+                                     batched=True, desc=None)
+        else:
+            splits = self.splits
+        return TaskData(splits, names, self.source, self.skipped)
 
 
 # ----------------------------------------------------------------------------------------------- reading files
@@ -170,6 +212,15 @@ def infer_label_names(values: Iterable) -> list[str]:
     return sorted(keys)
 
 
+def _is_integer(name: str) -> bool:
+    return name.lstrip("-").isdigit()
+
+
+def _quoted(values: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
 def _to_dataset(texts, label_ids):
     import datasets
 
@@ -179,7 +230,11 @@ def _to_dataset(texts, label_ids):
 
 def _build_splits(frames: dict[str, tuple[str, pd.DataFrame]], *, source: str, text_column: str,
                   label_column: str, label_names: Sequence[str] | None, on_bad_rows: str) -> TaskData:
-    """Turn per-split frames into a TaskData, mapping labels to ids and reporting bad rows by line."""
+    """Turn per-split frames into a TaskData, mapping labels to ids and reporting bad rows by line.
+
+    Given ``label_names``, a label is its position among them; when none of them is an integer (a model's
+    ``LABEL_0``, ``NEGATIVE``, ...), an integer label ``k`` is the id ``k`` too.
+    """
     import datasets
 
     if on_bad_rows not in ("raise", "skip"):
@@ -189,34 +244,46 @@ def _build_splits(frames: dict[str, tuple[str, pd.DataFrame]], *, source: str, t
         labeled = label_column in df.columns or split != "test"
         pulled[split] = (where, *_clean_frame(df, where=where, text_column=text_column,
                                               label_column=label_column, labeled=labeled), labeled)
-    if label_names is None:
+    given = label_names is not None
+    if not given:
         source_split = "train" if "train" in pulled else next(iter(pulled))
         label_names = infer_label_names(pulled[source_split][2])
     label_names = [str(n) for n in label_names]
     if len(label_names) < 2:
         raise DataError(f"a classification task needs at least 2 labels, found {label_names}")
     name_to_id = {n: i for i, n in enumerate(label_names)}
+    if given and not any(_is_integer(n) for n in label_names):
+        name_to_id.update({str(i): i for i in range(len(label_names))})
 
     out, skipped, problems = {}, {}, []
+    unknown_labels = False
     for split, (where, texts, labels, lines, missing, labeled) in pulled.items():
-        unknown = []
+        no_label, unknown, unknown_keys = [], [], []
         ids = []
         for ln, lab in zip(lines, labels):
             if not labeled:
                 ids.append(-1)
                 continue
             key = _label_key(lab)
-            if key not in name_to_id:
+            if key is None:
+                no_label.append(ln)
+                ids.append(None)
+            elif key not in name_to_id:
                 unknown.append(ln)
+                unknown_keys.append(key)
                 ids.append(None)
             else:
                 ids.append(name_to_id[key])
-        bad = sorted(set(missing) | set(unknown))
+        bad = sorted(set(missing) | set(no_label) | set(unknown))
         if missing:
             problems.append(f"{where}: missing text on line(s) {_line_list(missing)}")
+        if no_label:
+            problems.append(f"{where}: missing label on line(s) {_line_list(no_label)}")
         if unknown:
-            problems.append(f"{where}: missing or unknown label on line(s) {_line_list(unknown)} "
-                            f"(known labels: {label_names})")
+            unknown_labels = True
+            unknown_keys = list(dict.fromkeys(unknown_keys))  # each label once, in file order
+            problems.append(f"{where}: unknown label{'s' if len(unknown_keys) > 1 else ''} "
+                            f"{_quoted(unknown_keys)} on line(s) {_line_list(unknown)} (known labels: {label_names})")
         if bad:
             skipped[split] = bad
             bad_set = set(bad)
@@ -227,7 +294,10 @@ def _build_splits(frames: dict[str, tuple[str, pd.DataFrame]], *, source: str, t
     if problems:
         message = "; ".join(problems)
         if on_bad_rows == "raise":
-            raise DataError(message + " (fix the rows, or pass on_bad_rows='skip' to leave them out)")
+            advice = " (fix the rows, or pass on_bad_rows='skip' to leave them out)"
+            if unknown_labels:
+                raise LabelError(message + advice, reason=message)
+            raise DataError(message + advice)
         warnings.warn("left out bad rows: " + message, stacklevel=3)
     return TaskData(datasets.DatasetDict(out), label_names, source, skipped)
 
@@ -242,16 +312,25 @@ def load_local(path: str | Path, *, text_column: str = "sentence", label_column:
 
     Args:
         path: a folder with split files (``train.tsv``, ``dev.tsv``/``validation.tsv``, ``test.tsv``, or the same
-            in ``.csv``/``.jsonl``), as GLUE ships SST-2; or one file, which becomes ``train`` and is split into
-            ``train``/``validation`` by ``validation_fraction``.
+            in ``.csv``/``.jsonl``), as GLUE ships SST-2; or one file, whose rows are split at random (``seed``)
+            into ``train`` and ``validation``.
         text_column, label_column: the columns (JSON keys) that hold the text and the label.
-        label_names: the labels in id order; inferred from the training split when None (integers sort
-            numerically, strings alphabetically).
+        label_names: the labels in id order, e.g. a classifier's ``config.id2label`` (then the data may hold
+            a subset of them, and string labels are numbered as the classifier numbers them); inferred from the
+            training split when None (integers sort numerically, strings alphabetically). When none of the given
+            names is an integer (``LABEL_0``, ``NEGATIVE``, ...), an integer label ``k`` in the data is id ``k``.
+        validation_fraction: the share of a single file's rows that goes to ``validation``, in ``(0, 1]``;
+            ``1.0`` puts every row in ``validation`` and makes no ``train`` split (a file to evaluate whole).
         on_bad_rows: ``"raise"`` (default) raises :class:`DataError` naming the line numbers of rows with a
             missing text or a missing/unknown label; ``"skip"`` leaves them out with a warning that names them.
 
+    Returns:
+        :class:`TaskData`; ``label_names`` is the given list when one was given.
+
     Raises:
         DataError: the path does not exist, holds no split files, lacks a column, or has bad rows.
+        LabelError: (a :class:`DataError`) some labels are not among ``label_names``; the message names them
+            and their lines.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -263,25 +342,36 @@ def load_local(path: str | Path, *, text_column: str = "sentence", label_column:
                             f"{', '.join(FILE_SUFFIXES)}")
         frames = {split: (str(f), _read_table(f)) for split, f in files.items()}
     else:
+        if not 0.0 < validation_fraction <= 1.0:
+            raise DataError(f"validation_fraction must be in (0, 1], got {validation_fraction}")
         df = _read_table(path)
-        if not 0.0 < validation_fraction < 1.0:
-            raise DataError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-        shuffled = df.sample(frac=1.0, random_state=seed)
-        n_val = max(1, int(round(len(df) * validation_fraction)))
-        frames = {"train": (str(path), shuffled.iloc[n_val:]), "validation": (str(path), shuffled.iloc[:n_val])}
+        if validation_fraction == 1.0:
+            frames = {"validation": (str(path), df)}
+        else:
+            shuffled = df.sample(frac=1.0, random_state=seed)
+            n_val = max(1, int(round(len(df) * validation_fraction)))
+            frames = {"train": (str(path), shuffled.iloc[n_val:]),
+                      "validation": (str(path), shuffled.iloc[:n_val])}
     return _build_splits(frames, source=str(path), text_column=text_column, label_column=label_column,
                          label_names=label_names, on_bad_rows=on_bad_rows)
 
 
 def load_hub(name: str, subset: str | None = None, *, text_column: str = "sentence",
-             label_column: str = "label", on_bad_rows: str = "raise") -> TaskData:
+             label_column: str = "label", label_names: Sequence[str] | None = None,
+             on_bad_rows: str = "raise") -> TaskData:
     """Load a text-classification dataset from the Hugging Face Hub (``load_hub("glue", "sst2")``).
 
     Label names come from the dataset's ``ClassLabel`` feature when it has one. Rows whose label is ``-1``
     (GLUE's unlabeled test split) are kept with label ``-1`` in a ``test`` split.
 
+    Args:
+        label_names: the labels in id order, e.g. a classifier's; a dataset with a ``ClassLabel`` is
+            renumbered as :meth:`TaskData.with_label_names` says, one without is read as :func:`load_local`
+            reads a file with ``label_names``.
+
     Raises:
         DataError: the dataset cannot be loaded (no network, unknown name) or lacks a column.
+        LabelError: its labels do not fit ``label_names``.
     """
     import datasets
 
@@ -290,11 +380,11 @@ def load_hub(name: str, subset: str | None = None, *, text_column: str = "senten
     except Exception as e:  # the hub raises many kinds; the user needs the cause in one line
         raise DataError(f"cannot load {name!r}{' / ' + repr(subset) if subset else ''} from the Hugging Face Hub: "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    label_names = None
+    declared = None
     first = next(iter(dd.values()))
     feat = first.features.get(label_column)
     if isinstance(feat, datasets.ClassLabel):
-        label_names = list(feat.names)
+        declared = list(feat.names)
     frames = {}
     for split, ds in dd.items():
         key = next((k for k, names in SPLIT_ALIASES.items() if split in names), split)
@@ -303,12 +393,15 @@ def load_hub(name: str, subset: str | None = None, *, text_column: str = "senten
         if label_column in df.columns and (df[label_column] == -1).all():
             df = df.drop(columns=[label_column])
             key = "test"
-        if label_names is not None and label_column in df.columns:
-            df[label_column] = [label_names[i] if 0 <= i < len(label_names) else i for i in df[label_column]]
+        if declared is not None and label_column in df.columns:
+            df[label_column] = [declared[i] if 0 <= i < len(declared) else i for i in df[label_column]]
         frames[key] = (f"hub:{name}/{subset or ''}:{split}", df)
-    return _build_splits(frames, source=f"hub:{name}" + (f"/{subset}" if subset else ""),
-                         text_column=text_column, label_column=label_column, label_names=label_names,
-                         on_bad_rows=on_bad_rows)
+    task = _build_splits(frames, source=f"hub:{name}" + (f"/{subset}" if subset else ""),
+                         text_column=text_column, label_column=label_column,
+                         label_names=declared if declared is not None else label_names, on_bad_rows=on_bad_rows)
+    if declared is not None and label_names is not None:
+        task = task.with_label_names(label_names)
+    return task
 
 
 def load_sst2(path: str | Path | None = None, *, hub: bool = True) -> TaskData:
@@ -336,25 +429,33 @@ def load_sst2(path: str | Path | None = None, *, hub: bool = True) -> TaskData:
 
 
 def load_task(source: str | Path | None = None, *, subset: str | None = None, text_column: str = "sentence",
-              label_column: str = "label", on_bad_rows: str = "raise") -> TaskData:
+              label_column: str = "label", label_names: Sequence[str] | None = None,
+              validation_fraction: float = 0.1, on_bad_rows: str = "raise") -> TaskData:
     """Load any text-classification task: SST-2 when ``source`` is None, else a local path or a hub name.
 
     Args:
         source: None or ``"sst2"`` for the default task; an existing file or folder; otherwise a Hugging Face
             dataset name (``"imdb"``, ``"glue"`` with ``subset="sst2"``).
         subset: the hub dataset's configuration name.
+        label_names: the labels in id order, e.g. those of the classifier the data is for: a local file may
+            hold a subset of them (see :func:`load_local`); SST-2 and hub datasets with a ``ClassLabel`` must
+            have as many (see :meth:`TaskData.with_label_names`).
+        validation_fraction: for a single local file (see :func:`load_local`); ``1.0`` keeps it whole.
 
     Raises:
         DataError: see :func:`load_local`, :func:`load_hub` and :func:`load_sst2`.
+        LabelError: the data's labels do not fit ``label_names``.
     """
     if source is None or str(source).lower() in ("sst2", "sst-2", "glue/sst2"):
-        return load_sst2()
+        task = load_sst2()
+        return task if label_names is None else task.with_label_names(label_names)
     if Path(source).expanduser().exists():
-        return load_local(source, text_column=text_column, label_column=label_column, on_bad_rows=on_bad_rows)
+        return load_local(source, text_column=text_column, label_column=label_column, label_names=label_names,
+                          validation_fraction=validation_fraction, on_bad_rows=on_bad_rows)
     if str(source).startswith((".", "/", "~")) or Path(str(source)).suffix.lower() in FILE_SUFFIXES:
         raise DataError(f"data path {str(source)!r} does not exist")
     return load_hub(str(source), subset, text_column=text_column, label_column=label_column,
-                    on_bad_rows=on_bad_rows)
+                    label_names=label_names, on_bad_rows=on_bad_rows)
 
 
 def subset(ds, n: int | None, seed: int = 0):
