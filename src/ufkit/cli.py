@@ -131,7 +131,7 @@ def _model_label_names(model) -> list[str]:
     from transformers import AutoConfig
 
     from .models import _quiet_transformers, resolve_model
-    from .quantize import MARKER, ONNX_FILE, list_variants
+    from .quantization import MARKER, ONNX_FILE, list_variants
 
     def names(config) -> list[str]:
         return [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
