@@ -127,6 +127,10 @@ def test_sst2_from_env(tiny_tsv_dir, monkeypatch):
 
 
 def test_real_sst2_is_found():
+    from ufkit import config
+
+    if not any((p / "train.tsv").is_file() for p in config.data_candidates()):
+        pytest.skip("SST-2 is not beside the checkout (../shared/data/sst2) nor in UFKIT_DATA")
     task = load_sst2(hub=False)
     assert len(task["train"]) == 67_349 and len(task["validation"]) == 872
 

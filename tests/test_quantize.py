@@ -68,8 +68,10 @@ def test_every_variant_written_and_loadable(variants_dir, tiny):
         with torch.inference_mode():
             got = net(**batch).logits.float()
         assert got.shape == ref.shape and torch.isfinite(got).all()
-        tol = 1e-4 if name in ("pytorch_fp32", "onnx_fp32", "onnx_optimized") else 0.5
-        assert (got - ref).abs().max() <= tol, name
+        # fp32 graphs match to rounding; int8 within 10 % of the largest logit (measured: 1-3 %). A bound in
+        # absolute terms would be meaningless here: the tiny random model's logits are about 0.02.
+        tol = 1e-4 if name in ("pytorch_fp32", "onnx_fp32", "onnx_optimized") else 0.1 * ref.abs().max()
+        assert (got - ref).abs().max() <= tol, (name, (got - ref).abs().max(), tol)
     # int8 ONNX files hold int8 weights: smaller than fp32 (the tiny model's embeddings dominate)
     sizes = dict(zip(df["variant"], df["size_mb"]))
     assert sizes["onnx_int8_dynamic"] < sizes["onnx_optimized"]

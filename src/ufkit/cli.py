@@ -368,8 +368,14 @@ def quantize(
     if unknown:
         raise UfkitError(f"--variant {unknown[0]!r} is not one of {', '.join(VARIANTS)}")
     # Fail on the model and the folder before loading any data.
-    source = check_classifier(model)
-    check_writable(output)
+    try:  # the library names what is wrong; the command line names the flag
+        source = check_classifier(model)
+    except UfkitError as e:
+        raise UfkitError(f"--model: {e}") from None
+    try:
+        check_writable(output)
+    except UfkitError as e:
+        raise UfkitError(f"--output: {e}") from None
     calibration = validation = None
     if "onnx_int8_static" in wanted or "onnx_int8_auto" in wanted:
         task = _load_task(data, subset, text_column, label_column, _model_label_names(source))

@@ -539,7 +539,7 @@ def make_dataloader(tokenized, tokenizer, batch_size: int = 32, *, shuffle: bool
     Args:
         tokenized (`datasets.Dataset`): output of :func:`tokenize`.
         shuffle: True for training (random bucketed order), False for evaluation (sorted by length; use
-            ``loader.batch_sampler`` to map rows back, or :func:`ufkit.evaluate.predict`, which does).
+            ``loader.batch_sampler`` to map rows back, or :func:`ufkit.evaluate.predict_logits`, which does).
 
     Returns:
         `torch.utils.data.DataLoader` yielding dicts of ``input_ids``, ``attention_mask``,

@@ -70,13 +70,13 @@ def check_classifier(name_or_path) -> str:
         with _quiet_transformers():
             cfg = AutoConfig.from_pretrained(source, local_files_only=Path(source).is_dir())
     except ModelError as e:
-        raise QuantizeError(f"--model: {e}") from None
+        raise QuantizeError(str(e)) from None
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise QuantizeError(f"--model {str(name_or_path)!r}: cannot read its config: {first}") from None
+        raise QuantizeError(f"model {str(name_or_path)!r}: cannot read its config: {first}") from None
     archs = getattr(cfg, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise QuantizeError(f"--model {str(name_or_path)!r} is not a sequence-classification model (architectures: "
+        raise QuantizeError(f"model {str(name_or_path)!r} is not a sequence-classification model (architectures: "
                             f"{archs or 'none'}); fine-tune it first, e.g. with `ufkit finetune`")
     return source
 
@@ -93,7 +93,7 @@ def check_writable(folder: str | os.PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise QuantizeError(f"--output {str(folder)!r} is not writable: {e.strerror or e}") from None
+        raise QuantizeError(f"output folder {str(folder)!r} is not writable: {e.strerror or e}") from None
     return folder
 
 
