@@ -303,7 +303,7 @@ def benchmark(
     texts = list(task[split]["text"])
     store = ResultsStore(output)
     import pandas as pd
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     from .quantization import benchmark_variants, is_variant_folder
 
@@ -325,7 +325,7 @@ def benchmark(
 
     rows = [run_benchmark(net, tokenizer, texts, name=model or "default", batch_size=b, seq_len=seq_len,
                           n_warmup=warmup, n_iters=iters, threads=threads, table="benchmark", store=store)
-            for b in tqdm(batch_size, desc="benchmark", disable=len(batch_size) < 2)]
+            for b in progress_bar(batch_size, desc="benchmark", disable=len(batch_size) < 2)]
     df = pd.concat(rows, ignore_index=True)
     cols = ["name", "batch_size", "seq_len", "latency_ms_mean", "latency_ms_std", "latency_ms_p50",
             "latency_ms_p95", "throughput_seq_per_s", "size_mb", "peak_mem_mb", "threads"]

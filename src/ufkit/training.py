@@ -160,7 +160,7 @@ def train_loop(model, loader, loss_fn: Callable, cfg: TrainConfig | None = None,
     """
     import torch
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
     from transformers import get_scheduler
 
     cfg = cfg or TrainConfig()
@@ -182,7 +182,7 @@ def train_loop(model, loader, loss_fn: Callable, cfg: TrainConfig | None = None,
     params = [p for _, p in named]
     step, epoch, losses, window, named_losses, named_window = 0, 0, [], [], {}, {}
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, disable=not (progress and accelerator.is_local_main_process))
+    bar = progress_bar(total=total, desc=desc, disable=not (progress and accelerator.is_local_main_process))
     try:
         prepared.train()
         if on_start is not None:

@@ -184,7 +184,7 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
     Raises:
         NasError: no architectures, ``rounds < 1``, or the errors of :func:`time_architecture`.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from .. import config
     from ..measure.machine import machine_info
@@ -213,7 +213,7 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
             return pd.read_csv(path)
     rng = np.random.default_rng(seed)
     parts = {i: [] for i in range(len(archs))}
-    bar = tqdm(total=rounds * len(archs), desc="latency table", disable=not progress)
+    bar = progress_bar(total=rounds * len(archs), desc="latency table", disable=not progress)
     ref_model = build_model(reference, source, "fp32") if reference is not None else None
     if ref_model is not None and batch is None:
         batch = _default_batch((source.config if isinstance(source, SuperBert) else source).vocab_size, batch_size,

@@ -201,7 +201,7 @@ def search(fitness_fn: Callable[[ArchConfig], float], predictor, target_ms: floa
         NasError: a non-positive or non-finite target, a bad window, ``population < 2``, a rate outside ``[0, 1]``,
             or no architecture of the space predicted inside the window (the message gives the predicted range).
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     if not isinstance(target_ms, (int, float, np.floating)) or not math.isfinite(target_ms) or target_ms <= 0:
         raise NasError(f"target_ms must be a positive number of milliseconds, got {target_ms!r}")
@@ -246,7 +246,7 @@ def search(fitness_fn: Callable[[ArchConfig], float], predictor, target_ms: floa
     cache = {} if cache is None else cache
     n_before = len(cache)
     rows = []
-    bar = tqdm(total=generations + 1, desc="evolutionary search", disable=not progress)
+    bar = progress_bar(total=generations + 1, desc="evolutionary search", disable=not progress)
 
     def evaluate(archs):
         for a in archs:

@@ -48,7 +48,7 @@ def sensitivity(optimized: str | os.PathLike, tokenizer, dataset, *, per_channel
         (percent), ``accuracy_drop`` (points, fp32 minus int8-node), ``agreement`` (percent of predictions equal to
         fp32's), ``logit_mae`` and ``logit_max_err`` (absolute logit error), ``rank``.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     tokenized = _tokenized(dataset, tokenizer)
     labels = np.asarray(tokenized["label"])
@@ -57,7 +57,7 @@ def sensitivity(optimized: str | os.PathLike, tokenizer, dataset, *, per_channel
     nodes = quantizable_nodes(optimized)
     rows = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        for _, node in tqdm(list(nodes.iterrows()), desc="sensitivity", disable=not progress):
+        for _, node in progress_bar(list(nodes.iterrows()), desc="sensitivity", disable=not progress):
             dst = Path(tmp) / "one.onnx"
             quantize_onnx_dynamic(optimized, dst, per_channel=per_channel, nodes_to_quantize=[node["node"]])
             got = _logits(OnnxClassifier(dst, threads), tokenized, tokenizer)
@@ -93,7 +93,7 @@ def auto_quantize(optimized: str | os.PathLike, dst: str | os.PathLike, tokenize
     Raises:
         QuantizeError: a negative budget.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     if budget < 0:
         raise QuantizeError(f"budget must be a non-negative number of accuracy points, got {budget}")
@@ -108,7 +108,7 @@ def auto_quantize(optimized: str | os.PathLike, dst: str | os.PathLike, tokenize
     names = dict(zip(sensitivity_df["node"], sensitivity_df["layer"]))
     rows = []
     dst = Path(dst)
-    bar = tqdm(total=len(order) + 1, desc="fp32 fallback", disable=not progress)
+    bar = progress_bar(total=len(order) + 1, desc="fp32 fallback", disable=not progress)
     for k in range(len(order) + 1):
         keep = order[:k]
         quantize_onnx_dynamic(optimized, dst, per_channel=per_channel, nodes_to_exclude=keep)

@@ -201,7 +201,7 @@ def quantize(model: str | os.PathLike | None, output: str | os.PathLike, *, vari
         QuantizeError: missing model, a model without a classification head, an unwritable ``output``, an unknown
             variant, or a variant whose inputs (calibration sentences, validation data) are missing.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from ..models import load_model
 
@@ -230,7 +230,7 @@ def quantize(model: str | os.PathLike | None, output: str | os.PathLike, *, vari
 
     net, tokenizer = load_model(source)
     rows = []
-    for name in tqdm(todo, desc="quantize", disable=not progress):
+    for name in progress_bar(todo, desc="quantize", disable=not progress):
         t0 = time.perf_counter()
         info = {"source": str(model if model is not None else source), "recipe": recipe}
         # info is filled in place: the context manager writes it as the marker when the block succeeds
@@ -348,7 +348,7 @@ def benchmark_variants(folder: str | os.PathLike, texts: Sequence[str] | None = 
             a slow backend does not stall the sweep.
     """
     import torch
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from .. import config
     from ..measure import benchmark, make_batches
@@ -357,8 +357,8 @@ def benchmark_variants(folder: str | os.PathLike, texts: Sequence[str] | None = 
     folder = Path(folder)
     model_name = model_name or folder.name
     frames = []
-    for name, compiled in tqdm(_variant_rows(folder, variants, include_compiled), desc="benchmark",
-                               disable=not progress):
+    for name, compiled in progress_bar(_variant_rows(folder, variants, include_compiled), desc="benchmark",
+                                      disable=not progress):
         path = folder / ("torchao_int8" if compiled else name)
         model, tokenizer, info = load_variant(path, threads=threads, compile=compiled)
         extra = {"variant": name, "model": model_name, "model_id": info.get("recipe", {}).get("model_id")}
@@ -397,13 +397,13 @@ def evaluate_variants(folder: str | os.PathLike, dataset, *, variants: Sequence[
         to ``pytorch_fp32``'s) and ``degraded`` (accuracy drop above 1 point). Without a ``pytorch_fp32`` variant
         the reference is the first variant.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from ..evaluate import compute_metrics
 
     folder = Path(folder)
     rows, preds = [], {}
-    for name, _ in tqdm(_variant_rows(folder, variants, False), desc="evaluate", disable=not progress):
+    for name, _ in progress_bar(_variant_rows(folder, variants, False), desc="evaluate", disable=not progress):
         model, tokenizer, _ = load_variant(folder / name, threads=threads)
         tokenized = _tokenized(dataset, tokenizer)
         labels = np.asarray(tokenized["label"])
