@@ -156,7 +156,7 @@ def fff_reference(x, w_in, b_in, w_out, depth: int, n_trees: int) -> torch.Tenso
         ValueError: wrong shapes, dtypes or devices, or a weight size that does not match (n_trees, depth).
 
     Computes all K*N pre-activations (that is what keeps it obviously right); use
-    :func:`ufkit.kernels.fff_forward` for speed.
+    :func:`ufkit.fff.kernels.fff_forward` for speed.
     """
     check_fff_args(x, w_in, b_in, w_out, depth, n_trees)
     x2 = x.reshape(-1, x.shape[-1])  # (B, H_in)
