@@ -4,6 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ufkit-installed
+PROGRESS_LOG := .progress.log
 
 .PHONY: install book test clean
 
@@ -18,8 +19,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The book hides the notebooks' stderr. Their progress (ufkit.progress: each step's bar with its rate and ETA)
+# goes to $(PROGRESS_LOG) instead, which `tail -F` copies to the terminal while jupyter-book runs (jupyter-book
+# itself prints which notebook it executes); tail is stopped however the build ends.
 book: install
-	$(VENV)/bin/jupyter-book build .
+	: > $(PROGRESS_LOG)
+	tail -n +1 -F $(PROGRESS_LOG) 2>/dev/null & tail_pid=$$!; \
+	trap 'sleep 1; kill $$tail_pid 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	UFKIT_PROGRESS_FILE="$(CURDIR)/$(PROGRESS_LOG)" $(VENV)/bin/jupyter-book build .
 	test -f _build/html/index.html
 
 # testpaths are tests/ and notebooks/; with --nbval-lax the root conftest.py converts each notebooks/*.py
@@ -28,4 +35,4 @@ test: install
 	UFKIT_SMOKE=1 $(PY) -m pytest --nbval-lax -p no:cacheprovider
 
 clean:
-	rm -rf _build .nbval
+	rm -rf _build .nbval $(PROGRESS_LOG)
