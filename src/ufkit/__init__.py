@@ -2,7 +2,8 @@
 
 Foundation (imports nothing above it):
 
-* :mod:`ufkit.config`: run size (smoke/full) and paths; :mod:`ufkit.data`: text-classification data;
+* :mod:`ufkit.config`: run size (smoke/full) and paths; :mod:`ufkit.progress`: progress bars that ``make book``
+  shows in the terminal; :mod:`ufkit.data`: text-classification data;
   :mod:`ufkit.models`: loading and saving checkpoints; :mod:`ufkit.surgery`: structural edits of BERT layouts;
   :mod:`ufkit.cache`: the one cache helper; :mod:`ufkit.training`: the one training loop;
   :mod:`ufkit.distill`: distillation losses; :mod:`ufkit.evaluate`: metrics; :mod:`ufkit.measure`: timing,

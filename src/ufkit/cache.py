@@ -106,10 +106,12 @@ def load_or_make(path: str | os.PathLike, recipe: dict, make: Callable[[], tuple
     """
     from .measure.machine import machine_info
     from .models import atomic_folder
+    from .progress import announce
 
     path = Path(path).expanduser()
     if not retrain and is_current(path, recipe):
         return load(path), read_info(path)
+    announce(f"making {path.name}: no cached copy from this recipe")
     obj, made = make()
     info = {"recipe": recipe, **made, "machine": machine_info(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -73,10 +73,10 @@ def rewire(model, *, hidden: bool = True) -> nn.Module:
 
     Args:
         model: a ``BertForSequenceClassification``; modified in place and returned.
+        hidden: also reorder the hidden dimension (sliced by every sub-model narrower than the base).
 
     Raises:
         ModelError: not a BERT classifier (:func:`check_bert_classifier`).
-        hidden: also reorder the hidden dimension (sliced by every sub-model narrower than the base).
     """
     check_bert_classifier(model)
     cfg, bert = model.config, model.bert

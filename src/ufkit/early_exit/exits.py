@@ -21,7 +21,7 @@ def simulate_exits(all_logits: np.ndarray, *, speed: float = 0.0, patience: int 
     """The exit rule of :meth:`EarlyExitModel.forward` applied to precomputed logits of every branch.
 
     Args:
-        all_logits: float array of shape ``(num_hidden_layers, n, num_labels)`` (:meth:`predict_all_layers`).
+        all_logits: float array of shape ``(num_hidden_layers, n, num_labels)`` (:meth:`~ufkit.early_exit.model.EarlyExitModel.predict_all_layers`).
         speed, patience, top_k: as in :meth:`EarlyExitModel.forward`.
 
     Returns:

@@ -36,6 +36,7 @@ LADDER = [(3072, 0), (1536, 1), (512, 2), (256, 3), (128, 4), (64, 5), (32, 6), 
 #: Dense baselines: torch Linear -> GELU -> Linear (oneDNN/MKL GEMM) and the same on MKL cblas_sgemm directly.
 DENSE_BACKENDS = ("dense_torch", "dense_mkl")
 FFF_BACKENDS = ("torch_gather", "native", "mkl", "cuda")
+#: The results-store table of the sweep.
 TABLE = "fff_bench"
 
 

@@ -196,10 +196,10 @@ def conformance(y, route, x, w_in, b_in, w_out, depth: int, n_trees: int) -> dic
 
     Returns:
         dict with ``max_rel_err`` (per token, over the tokens whose route matches the reference, of
-        ||y - y_ref|| / sum_n (|GELU(z_n)| + |x|.|w_n| + |b_n|) * ||w_out[:, n]||: the error against the size
+        ``||y - y_ref|| / sum_n (|GELU(z_n)| + |x|.|w_n| + |b_n|) * ||w_out[:, n]||``: the error against the size
         of the token's terms and of the rounding its dot products carry; a float32 sum can be no more
         accurate), ``route_mismatches`` (tokens whose route differs), ``non_tie_mismatches`` (those whose
-        first differing decision was not a near-tie, |z| > 1e-5 * (|x|.|w| + |b|): these are bugs) and
+        first differing decision was not a near-tie, ``|z| > 1e-5 * (|x|.|w| + |b|)``: these are bugs) and
         ``tokens``.
     """
     x64, w64, b64, o64 = (t.detach().cpu().double() for t in (x, w_in, b_in, w_out))

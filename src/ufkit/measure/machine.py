@@ -117,8 +117,8 @@ def isa_description(flags: str | None = None) -> str:
         flags: comma-separated flags as stored in ``cpu_flags`` (default: this CPU's).
 
     Returns:
-        e.g. ``"AVX-512 with VNNI (int8 dot products) and BF16, no AMX"`` or ``"AVX2 and FMA only: no AVX-512, VNNI
-        or AMX"``.
+        e.g. ``"AVX-512 with VNNI (int8 dot products) and BF16, no AMX"`` or
+        ``"AVX2 and FMA only: no AVX-512 or AMX"``.
     """
     f = set((flags if flags is not None else ",".join(cpu_model_and_flags()[1])).split(","))
     if "avx512f" not in f:

@@ -139,6 +139,9 @@ class ResultsStore:
                 return hit
         else:
             self.drop(table, machine="current", **key)
+        from ..progress import announce
+
+        announce(f"measuring {table} on this machine")
         rows = measure()
         if rows is None or rows.empty:
             raise UfkitError(f"measuring {table!r} produced no rows")

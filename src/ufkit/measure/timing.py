@@ -78,7 +78,7 @@ class CpuLoad:
     System-wide busy time (``/proc/stat``: user, nice, system, irq, softirq and steal) minus this process's own
     CPU time, divided by the wall time. ``other_cores`` is about 0 on a quiet machine, about 1 when another
     process keeps one core busy. Resolution is the kernel's 10 ms tick, so windows shorter than
-    :data:`MIN_JUDGED_SECONDS` are not judged (:attr:`judged` is False).
+    :data:`MIN_JUDGED_SECONDS` are not judged (``judged`` is False).
 
     Attributes:
         seconds: wall time of the window.

@@ -308,6 +308,7 @@ def linear_features(archs) -> np.ndarray:
     return np.stack([L * h * h, L * h * f, L * h, L * f, L, h * h, h, np.ones_like(L)], axis=1)
 
 
+#: Names of the columns of :func:`linear_features`.
 LINEAR_FEATURE_NAMES = ("L*h^2", "L*h*f", "L*h", "L*f", "L", "h^2", "h", "1")
 
 

@@ -173,7 +173,7 @@ def search(fitness_fn: Callable[[ArchConfig], float], predictor, target_ms: floa
     1. The initial population: ``population`` distinct architectures drawn uniformly from ``space`` and kept only if
        ``lo <= predicted latency <= hi`` (rejection sampling, at most ``max_tries * population`` draws).
     2. Each generation: every individual's fitness is computed (once per architecture: cached), then ``population``
-       children are made. A child's parent is drawn by fitness roulette (:func:`_roulette`); with probability
+       children are made. A child's parent is drawn by fitness roulette (``_roulette``); with probability
        ``crossover_rate`` it is first crossed with a second roulette parent (:meth:`SearchSpace.crossover`); then
        each of its three fields is redrawn with probability ``explore_rate`` (:meth:`SearchSpace.mutate`, at least
        one field changes). A child is kept only if it is inside the window and new to this generation; up to

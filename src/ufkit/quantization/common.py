@@ -8,9 +8,12 @@ import warnings
 
 from .. import UfkitError
 
+#: The file that makes a folder a complete variant; written last.
 MARKER = "ufkit_variant.json"
+#: The ONNX graph of an ONNX variant.
 ONNX_FILE = "model.onnx"
 
+#: The variants :func:`~ufkit.quantization.variants.quantize` can write: name -> description.
 VARIANTS: dict[str, str] = {
     "pytorch_fp32": "PyTorch fp32 (eager)",
     "torchao_int8": "torchao int8 dynamic (eager)",

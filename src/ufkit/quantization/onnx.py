@@ -195,7 +195,7 @@ def quantize_onnx_static(src, dst, tokenizer, calibration_texts: Sequence[str], 
     Args:
         src: the fp32 ``.onnx`` file (unfused: ORT fuses the quantized graph when it loads it).
         calibration_texts: real sentences (e.g. from the training split); they are fed in padded batches.
-        method: ``"minmax"`` or ``"percentile"`` (99.999th percentile of |activation|; needs batches of one
+        method: ``"minmax"`` or ``"percentile"`` (99.999th percentile of ``|activation|``; needs batches of one
             length, so the sentences are padded to 128 tokens for it).
 
     Returns:
