@@ -274,7 +274,8 @@ if not others.empty:
     for _, rows in others.groupby(["cpu_model", "cpu_flags", "torch_version"], dropna=False):
         r = paper_rows(rows)
         label = machine_summary(rows[rows.threads == r["threads"]].iloc[0])
-        paper[f"{label}, {rows.date.min()[:10]} (x)"] = [round(r["best_x"], 1), round(r["gather_x"], 1)]
+        paper[f"{label}, {rows.date.min()[:10]}, {r['big']} tokens (x)"] = [round(r["best_x"], 1),
+                                                                           round(r["gather_x"], 1)]
         labels.append(label)
 print(f"this machine: {machine_summary(machine_info(threads))}")
 print("other machines in the store:", "; ".join(labels) if labels else "none")
