@@ -9,8 +9,8 @@ nvcc -c and linked into the torch binding cpp/fff_cuda.cpp on first use):
 It prints the conformance summary (every version of the kernel against ufkit.fff.fff_reference on random
 cases with odd sizes, n_trees 1..4, depth 0..11) and exits non-zero on a failure; then it times the cuda
 kernels (v1 thread per token, v2 warp per token), torch_gather and the dense cuBLAS feedforward at
-I = 3072 and 4095, appends the rows to results.db (table fff_bench) and writes results/fff_bench_cuda.csv,
-which the chapter reads and labels with the GPU and the date.
+I = 3072 and 4095 (all through ufkit.measure.timing.time_calls, synchronising after every call), and writes
+results/fff_bench_cuda.csv, which the chapter reads and labels with the GPU and the date.
 Belcak & Wattenhofer 2023, arXiv:2311.10770.
 """
 
@@ -27,6 +27,7 @@ from ufkit import config
 from ufkit.fff import conformance, n_nodes
 from ufkit.fff.bench import LADDER, bench_fff, speedups
 from ufkit.fff.kernels import fff_forward, load_extension
+from ufkit.measure.timing import summarize, time_calls
 
 
 def check_conformance(n_cases: int, device: str) -> bool:
@@ -81,24 +82,19 @@ def main() -> int:
     v1 = []
     for batch in batches:
         x = torch.nn.functional.layer_norm(torch.randn(batch, H, generator=gen), (H,)).to(device)
-        for _ in range(3):
-            K.fff_forward(x, w_in, b_in, w_out, 11, 1, "cuda", version=1)
-        torch.cuda.synchronize()
-        n = config.pick(50, 3)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            K.fff_forward(x, w_in, b_in, w_out, 11, 1, "cuda", version=1)
-        end.record()
-        torch.cuda.synchronize()
+        timing = time_calls({"cuda_v1": lambda x: K.fff_forward(x, w_in, b_in, w_out, 11, 1, "cuda", version=1)},
+                            [x] * config.pick(50, 3), n_warmup=3, sync=torch.cuda.synchronize)
         row = df[(df.backend == "cuda") & (df.batch == batch) & (df.depth == 11)].iloc[0].to_dict()
-        row.update(backend="cuda_v1", mean_ms=start.elapsed_time(end) / n, std_ms=float("nan"), n_iters=n)
+        stats = summarize(timing.times_ms["cuda_v1"], batch)
+        stats.pop("throughput_seq_per_s")
+        row.update(backend="cuda_v1", **stats, **timing.load_columns(),
+                   tokens_per_s=batch / (stats["latency_ms_mean"] / 1e3))
         v1.append(row)
     df = pd.concat([df, pd.DataFrame(v1)], ignore_index=True)
     out = config.results_dir() / "fff_bench_cuda.csv"
     df.to_csv(out, index=False)
     sp = speedups(df)
-    print(sp[sp.depth == 11][["backend", "batch", "mean_ms", "speedup"]].to_string(index=False))
+    print(sp[sp.depth == 11][["backend", "batch", "latency_ms_mean", "speedup"]].to_string(index=False))
     print(f"benchmark: {time.time() - t0:.0f} s, written to {out}")
     return 0 if ok else 1
 

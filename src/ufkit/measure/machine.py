@@ -62,11 +62,15 @@ def machine_id(info: dict) -> str:
         the first 12 hex digits of the SHA-256 of the CPU model, the :data:`FINGERPRINT_FLAGS` present in
         ``cpu_flags``, the thread count and the torch version.
     """
-    flags = {f.strip() for f in str(info.get("cpu_flags") or "").split(",")}
-    key = {"cpu_model": str(info.get("cpu_model", "")).strip(),
+    def given(name):  # a blank CSV cell reads back as NaN
+        value = info.get(name)
+        return None if value is None or value != value else value
+
+    flags = {f.strip() for f in str(given("cpu_flags") or "").split(",")}
+    key = {"cpu_model": str(given("cpu_model") or "").strip(),
            "flags": [f for f in FINGERPRINT_FLAGS if f in flags],
-           "threads": int(info.get("threads") or 0),
-           "torch": str(info.get("torch_version", "")).strip()}
+           "threads": int(given("threads") or 0),
+           "torch": str(given("torch_version") or "").strip()}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
