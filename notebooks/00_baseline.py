@@ -27,17 +27,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from IPython.display import display
-from myst_nb import glue
 
 from ufkit import config, measure
 from ufkit.cache import fingerprint
 from ufkit.data import load_sst2, make_dataloader, subset, tokenize
 from ufkit.evaluate import confusion_matrix, evaluate, predict_logits
 from ufkit.measure import ResultsStore
-from ufkit.measure.timing import MAX_OTHER_CORES
 from ufkit.models import count_parameters
 from ufkit.training import resolve_mixed_precision
 from ufkit.zoo import TEACHER_NAME, load_teacher, teacher_config
+from ufkit.measure.report import busy_note, other_machines, put
 
 size = config.baseline_size()
 machine = measure.machine_info()
@@ -48,35 +47,10 @@ print(f"machine: {measure.machine_summary(machine)}")
 print(f"vector units: {measure.isa_description()}")
 
 
-def put(key, value):
-    """Glue a value for the chapter's page; numpy scalars become Python numbers so that format specs apply."""
-    glue(key, value.item() if isinstance(value, np.generic) else value, display=False)
 
 
-def load_note(rows: pd.DataFrame, what: str) -> str:
-    """Print a visible warning for each row timed while other processes loaded the machine; return a note."""
-    busy = rows["busy"].astype(str).str.lower().eq("true")
-    for _, r in rows[busy].iterrows():
-        print(f"WARNING: {what} ({r['name']}, batch {r['batch_size']}) was timed while other processes took "
-              f"{r['other_cores']:.2f} cores of this machine: its latency is too high and its spread too wide.")
-    if busy.any():
-        most = float(pd.to_numeric(rows.loc[busy, "other_cores"], errors="coerce").max())
-        return (f"{int(busy.sum())} of {len(rows)} timings ran while other processes loaded the machine (up to "
-                f"{most:.2f} cores besides this one), so those latencies are upper bounds")
-    return (f"no timing was flagged busy: other processes took at most {MAX_OTHER_CORES} of a core during every "
-            f"timing long enough to judge")
 
 
-def other_machines(table: str, **match) -> pd.DataFrame:
-    """Rows of a results table measured on other machines, each labelled with its machine."""
-    rows = store.read(table, **match)
-    mine = set(store.read(table, machine="current")["machine_id"]) if not rows.empty else set()
-    rows = rows[~rows["machine_id"].isin(mine)] if not rows.empty else rows
-    if rows.empty:
-        return rows
-    rows = rows.copy()
-    rows.insert(0, "machine", [measure.machine_summary(r) for r in rows.to_dict("records")])
-    return rows
 
 
 put("run_size", config.size())
@@ -171,7 +145,7 @@ ax.plot(steps, info["losses"])
 ax.set(xlabel="optimizer step", ylabel=f"training loss (mean of {every} steps)",
        title="Fine-tuning MiniLM-L6 on SST-2")
 ax.grid(alpha=0.3)
-glue("loss_curve", fig, display=False)
+put("loss_curve", fig)
 plt.show()
 
 # %% [markdown]
@@ -227,7 +201,7 @@ else:
                 f"trained in float32 and there is no bf16 run to compare it with.")
 print(sentence)
 put("precision_comparison", sentence)
-glue("precision_table", precision.round(2), display=False)
+put("precision_table", precision.round(2))
 precision.round(2)
 
 # %% [markdown]
@@ -280,7 +254,7 @@ results = pd.concat([
     store.load_or_measure("baseline", lambda b=b: bench(b), model_id=model_id, batch_size=b, threads=threads,
                           n_calls=size.bench_iters)
     for b in (1, BIG_BATCH)], ignore_index=True)
-note = load_note(results, "the baseline's latency")
+note = busy_note(results, "the baseline's latency")
 print(f"measured {results['date'].min()} .. {results['date'].max()} on {measure.machine_summary(results.iloc[0])}; "
       f"{note}")
 b1, b32 = (results[results.batch_size == b].iloc[-1] for b in (1, BIG_BATCH))
@@ -298,7 +272,7 @@ results[["name", "batch_size", "seq_len", "latency_ms_mean", "latency_ms_std", "
 # files may differ too, see `model_id`):
 
 # %%
-others = other_machines("baseline")
+others = other_machines(store, "baseline")
 if others.empty:
     print("no other machine's rows in the store")
 else:
@@ -325,7 +299,7 @@ def bench_curve():
 
 curve = store.load_or_measure("baseline_seq_len", bench_curve, model_id=model_id, threads=threads,
                               n_calls=curve_iters, seq_lens=" ".join(map(str, seq_lens)))
-curve_note = load_note(curve, "the latency-vs-length curve")
+curve_note = busy_note(curve, "the latency-vs-length curve")
 print(curve_note)
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for b, part in curve.groupby("batch_size"):
@@ -336,7 +310,7 @@ ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)", ylabel="la
 ax.set_xticks(seq_lens, [str(n) for n in seq_lens])
 ax.grid(alpha=0.3, which="both")
 ax.legend()
-glue("latency_curve", fig, display=False)
+put("latency_curve", fig)
 plt.show()
 curve.pivot(index="seq_len", columns="batch_size", values="latency_ms_mean").round(2)
 
@@ -354,5 +328,5 @@ summary = pd.Series({
     "training time (min)": info["train_seconds"] / 60,
 }, name="MiniLM-L6 fp32").round(2)
 print(f"machine: {measure.machine_summary(machine)}")
-glue("summary_table", summary.to_frame(), display=False)
+put("summary_table", summary.to_frame())
 summary.to_frame()

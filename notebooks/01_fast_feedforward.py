@@ -29,14 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
-from myst_nb import glue
 
 from ufkit import config
 from ufkit.fff import FFF, conformance
 from ufkit.fff.bench import LADDER, bench_fff, measure_ceilings, speedups
 from ufkit.fff.kernels import available_backends, fff_forward
 from ufkit.measure import ResultsStore, isa_description, machine_info, machine_summary
-from ufkit.measure.timing import MAX_OTHER_CORES
+from ufkit.measure.report import busy_note, put
 
 pd.set_option("display.width", 160)
 torch.manual_seed(0)
@@ -48,23 +47,8 @@ print("machine:", machine_summary(machine_info(threads)))
 print("vector units:", isa_description())
 
 
-def put(key, value):
-    """Glue a value for the chapter's page; numpy scalars become Python numbers so that format specs apply."""
-    glue(key, value.item() if isinstance(value, np.generic) else value, display=False)
 
 
-def load_note(rows: pd.DataFrame, what: str, label) -> str:
-    """Print a visible warning for each row timed while other processes loaded the machine; return a note."""
-    busy = rows["busy"].astype(str).str.lower().eq("true")
-    for _, r in rows[busy].iterrows():
-        print(f"WARNING: {what} ({label(r)}) was timed while other processes took {float(r['other_cores']):.2f} "
-              f"cores of this machine: its latency is too high.")
-    if busy.any():
-        most = float(pd.to_numeric(rows.loc[busy, "other_cores"], errors="coerce").max())
-        return (f"{int(busy.sum())} of {len(rows)} timings ran while other processes loaded the machine (up to "
-                f"{most:.2f} cores besides this one), so those latencies are upper bounds")
-    return (f"no timing was flagged busy: other processes took at most {MAX_OTHER_CORES} of a core during every "
-            f"timing long enough to judge")
 
 
 put("run_size", config.size())
@@ -203,7 +187,7 @@ def run_sweep() -> pd.DataFrame:
 df = store.load_or_measure("fff_bench", run_sweep, sweep_threads=threads, sweep_settings=settings)
 for col in ("depth", "n_trees"):
     df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-sweep_note = load_note(df, "an FFF benchmark row", lambda r: f"{r['backend']}, {r['batch']} tokens, "
+sweep_note = busy_note(df, "an FFF benchmark row", lambda r: f"{r['backend']}, {r['batch']} tokens, "
                                                             f"{r['threads']} threads")
 print(f"{len(df)} rows measured {df.date.min()} .. {df.date.max()} on {machine_summary(df.iloc[0])}")
 print(sweep_note)
@@ -232,7 +216,7 @@ dense_ms = b[b.backend.str.startswith("dense")].pivot_table(index=["threads", "b
 print("dense baselines, median ms per call:")
 display(dense_ms.round(2))
 table = table.sort_values(["threads", "batch", "latency_ms_p50"]).reset_index(drop=True)
-glue("speedup_table", table, display=False)
+put("speedup_table", table)
 table
 
 # %% [markdown]
@@ -286,7 +270,7 @@ put("best_x4095_big", mine["best_x"])
 put("gather_x4095_big", mine["gather_x"])
 put("n_other_machines", len(labels))
 put("other_machines", "; ".join(labels) if labels else "none")
-glue("paper_table", paper, display=False)
+put("paper_table", paper)
 paper
 
 # %% [markdown]
@@ -332,7 +316,7 @@ axes[0][0].set_ylabel("speedup (x)")
 axes[0][0].legend()
 fig.suptitle(machine_summary(machine_info(threads)), fontsize=8)
 plt.tight_layout()
-glue("ladder_fig", fig, display=False)
+put("ladder_fig", fig)
 plt.show()
 
 # %% [markdown]
@@ -373,7 +357,7 @@ def run_ceilings() -> pd.DataFrame:
 
 ceil_rows = store.load_or_measure("fff_ceilings", run_ceilings, threads=threads, size_mb=ceil_size_mb, n=ceil_n)
 ceil = ceil_rows.iloc[-1]
-ceil_note = load_note(ceil_rows, "the ceilings", lambda r: "copy and matmul")
+ceil_note = busy_note(ceil_rows, "the ceilings", lambda r: "copy and matmul")
 print(f"ceilings: memory {ceil['mem_gbytes_per_s']:.1f} GB/s, matmul {ceil['matmul_gflops']:.1f} GFLOP/s "
       f"({ceil['threads']} threads, {ceil['date']}); {ceil_note}")
 put("mem_gbps", ceil["mem_gbytes_per_s"])

@@ -27,15 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
-from myst_nb import glue
 
 from ufkit import config, measure
 from ufkit.cache import fingerprint_model
 from ufkit.data import load_sst2, subset
 from ufkit.early_exit import calibrate_speed, exit_curves, load_or_fit
 from ufkit.measure import ResultsStore, count_flops, measure_latency
-from ufkit.measure.timing import MAX_OTHER_CORES
 from ufkit.zoo import load_teacher
+from ufkit.measure.report import busy_note, put
 
 datasets.disable_progress_bar()
 threads = config.bench_threads()
@@ -56,23 +55,8 @@ print(f"run size: {config.size()}")
 print(f"machine: {measure.machine_summary(machine)}")
 
 
-def put(key, value):
-    """Glue a value for the chapter's page; numpy scalars become Python numbers so that format specs apply."""
-    glue(key, value.item() if isinstance(value, np.generic) else value, display=False)
 
 
-def load_note(rows: pd.DataFrame, what: str) -> str:
-    """Print a visible warning for each row timed while other processes loaded the machine; return a note."""
-    busy = rows["busy"].astype(str).str.lower().eq("true")
-    for _, r in rows[busy].iterrows():
-        print(f"WARNING: {what} ({r['name']}, batch {r['batch_size']}) was timed while other processes took "
-              f"{float(r['other_cores']):.2f} cores of this machine: its latency is too high.")
-    if busy.any():
-        most = float(pd.to_numeric(rows.loc[busy, "other_cores"], errors="coerce").max())
-        return (f"{int(busy.sum())} of {len(rows)} timings ran while other processes loaded the machine (up to "
-                f"{most:.2f} cores besides this one), so those latencies are upper bounds")
-    return (f"no timing was flagged busy: other processes took at most {MAX_OTHER_CORES} of a core during every "
-            f"timing long enough to judge")
 
 
 put("run_size", config.size())
@@ -187,7 +171,7 @@ latency = pd.concat([
     store.load_or_measure("fastbert_latency", lambda b=b: time_sweep(b), model_id=model_id, run="sweep",
                           settings=settings, batch_size=b, n_texts=len(texts), rounds=LATENCY_ROUNDS, threads=threads)
     for b in (1, BATCH)], ignore_index=True)
-latency_note = load_note(latency, "a FastBERT timing")
+latency_note = busy_note(latency, "a FastBERT timing")
 print(f"timed {latency['date'].min()} .. {latency['date'].max()} on {measure.machine_summary(latency.iloc[0])}; "
       f"{latency_note}")
 put("latency_note", latency_note)
@@ -218,7 +202,7 @@ table = store.load_or_measure("fastbert_sweep", make_table, model_id=model_id, n
                               threads=threads)
 table = table.set_index("speed")[["accuracy (%)", "FLOPs (M)", "speedup (FLOPs)", "speedup, batch 1",
                                   f"speedup, batch {BATCH}"]]
-glue("sweep_table", table.round(2), display=False)
+put("sweep_table", table.round(2))
 table.round(2)
 
 # %% [markdown]
@@ -280,7 +264,7 @@ for ax in axes:
     ax.legend(fontsize=8)
 fig.suptitle(f"FastBERT on MiniLM-L6, SST-2 dev; {measure.machine_summary(machine)}", fontsize=9)
 plt.tight_layout()
-glue("tradeoff_fig", fig, display=False)
+put("tradeoff_fig", fig)
 plt.show()
 
 # %% [markdown]
@@ -309,7 +293,7 @@ put("trunc_flops_x", fixed.loc[trunc_k, "speedup (FLOPs)"])
 put("adaptive_wins", int((compared["its accuracy (%)"] > compared["truncation accuracy (%)"]).sum()))
 put("adaptive_ties", int((compared["its accuracy (%)"] == compared["truncation accuracy (%)"]).sum()))
 put("n_compared", len(compared))
-glue("fixed_budget_table", fixed.round(2), display=False)
+put("fixed_budget_table", fixed.round(2))
 fixed.round(2)
 
 # %% [markdown]
@@ -344,7 +328,7 @@ timed = store.load_or_measure(
                             batch_size=1, rounds=LATENCY_ROUNDS, threads=threads, extra={"model_id": model_id}),
     model_id=model_id, run="calibrated", speed=speed, batch_size=1, n_texts=len(texts), rounds=LATENCY_ROUNDS,
     threads=threads)
-calib_note = load_note(timed, "the calibrated timing")
+calib_note = busy_note(timed, "the calibrated timing")
 print(calib_note)
 ms = timed.set_index("name")["ms_per_seq"]
 # the best speed on the dev grid itself (optimistic: chosen on the data it is reported on)

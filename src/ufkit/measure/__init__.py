@@ -9,6 +9,7 @@
 * :mod:`ufkit.measure.flops`: :func:`~ufkit.measure.flops.count_flops`.
 * :mod:`ufkit.measure.machine`: the machine's description and :func:`~ufkit.measure.machine.machine_id`.
 * :mod:`ufkit.measure.store`: :class:`~ufkit.measure.store.ResultsStore`, CSV tables labelled by machine.
+* :mod:`ufkit.measure.report`: values glued for the book, warnings about a busy machine, other machines' rows.
 """
 
 from .flops import count_flops
