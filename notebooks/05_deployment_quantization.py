@@ -370,8 +370,8 @@ strict_timing = pd.concat([
 warn_if_busy(strict_timing, "the strict-budget comparison")
 chosen = strict.iloc[-1]
 glue_text("strict_n_kept", int(chosen["n_fp32"]))
-glue_text("strict_kept", ", ".join(chosen["kept_fp32"]) if isinstance(chosen["kept_fp32"], list)
-          else str(chosen["kept_fp32"]))
+kept = chosen["kept_fp32"] if isinstance(chosen["kept_fp32"], list) else [str(chosen["kept_fp32"])]
+glue_text("strict_kept", ", ".join(kept) or "none")
 glue_text("strict_drop", chosen["accuracy_drop"])
 glue_text("strict_all_int8_ms", strict_timing.loc["all int8", "latency_ms_mean"])
 glue_text("strict_cost_ms", strict_timing.loc["strict budget", "latency_ms_mean"]
