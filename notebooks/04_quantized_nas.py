@@ -18,24 +18,30 @@
 # baselines from the same super-model (fewer layers; every layer narrower) and with the same search done in
 # float32, as AutoTinyBERT does.
 #
-# Run size comes from `UFKIT_SMOKE` ({mod}`ufkit.config`); at smoke size the numbers mean nothing.
+# Run size comes from `UFKIT_SMOKE` ({mod}`ufkit.config`); at smoke size the numbers mean nothing. Every number
+# the chapter's page quotes is computed here and passed to it with `glue`.
 
 # %%
+import copy
 import hashlib
+import json
 
 import datasets
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display
+from myst_nb import glue
 
-from ufkit import config, measure
+from ufkit import config, measure, zoo
+from ufkit.cache import fingerprint, fingerprint_texts
 from ufkit.data import load_sst2, subset
-from ufkit.nas import (SupernetTrainConfig, accuracy, baseline_archs, build_latency_dataset, fit_predictor,
-                       load_or_search, load_or_train, make_fitness, mape, minilm_space, pareto_front, split_archs,
-                       time_architecture)
+from ufkit.nas import (LINEAR_FEATURE_NAMES, SuperBert, SupernetTrainConfig, accuracy, baseline_archs,
+                       build_latency_dataset, fit_predictor, load_or_search, load_or_train, make_fitness, mape,
+                       minilm_space, pareto_front, split_archs, time_architecture)
 from ufkit.quantization import quantize_int8
-from ufkit.zoo import load_teacher
+from ufkit.surgery import rewire
 
 datasets.disable_progress_bar()
 THREADS = config.bench_threads()
@@ -48,10 +54,49 @@ LATENCY_WARMUP, LATENCY_REPEATS, LATENCY_ROUNDS = config.pick((5, 15, 2), (1, 3,
 SEQ_LEN = 128  # tokens per sequence for every timing, at batch 1
 POPULATION = config.pick(25, 6)  # Bigger&Faster's population
 GENERATIONS = config.pick(5, 2)
-TARGETS = config.pick((0.25, 0.5), (0.5,))  # latency targets, as fractions of the teacher's int8 latency (the issue: 1/4 and 1/2)
+EXPLORE_RATE = 0.5  # probability that a child redraws each of its three sizes
+TARGETS = config.pick((0.25, 0.5), (0.5,))  # latency targets, as fractions of the teacher's int8 latency
+TEST_FRACTION = 0.2  # share of the timed architectures held out to score the latency predictors
+BASELINE_SLACK = 1.05  # a baseline counts as "no slower" up to 5 % above the searched model's measured latency
 machine = measure.machine_info(THREADS)
+store = measure.ResultsStore()  # config.results_dir(): results/ at full size, the smoke cache at smoke size
+
+
+def glue_text(key, value):
+    """Glue a number or a string for the page (plain Python types: numpy's reprs do not format)."""
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        value = int(value)
+    elif isinstance(value, (np.floating, float)):
+        value = float(value)
+    glue(key, value, display=False)
+
+
+def warn_if_busy(rows, what):
+    """Print a visible warning when a timing row was taken while other processes loaded the machine."""
+    busy = rows["busy"].astype(str).str.lower().eq("true") if "busy" in rows else pd.Series(False, index=rows.index)
+    if busy.any():
+        cores = pd.to_numeric(rows.loc[busy, "other_cores"], errors="coerce").max()
+        print(f"WARNING: {int(busy.sum())} of {len(rows)} timing rows of {what} were measured while other "
+              f"processes took up to {cores:.2f} cores (busy=True): those latencies are not a quiet machine's")
+    elif "busy" not in rows:
+        print(f"note: the timing rows of {what} carry no busy flag (measured before the load check existed)")
+    return busy
+
+
 print(f"run size: {config.size()}")
-print(f"machine: {measure.machine_summary(machine)}")
+print(f"machine: {measure.machine_summary(machine)} (id {machine['machine_id']})")
+print(f"vector and matrix units: {measure.isa_description(machine['cpu_flags'])}")
+glue_text("machine", measure.machine_summary(machine))
+glue_text("isa", measure.isa_description(machine["cpu_flags"]))
+glue_text("threads", THREADS)
+glue_text("run_size", config.size())
+for key, value in {"n_supernet": N_SUPERNET, "n_heldout": N_HELDOUT, "n_latency_archs": N_LATENCY_ARCHS,
+                   "latency_warmup": LATENCY_WARMUP, "latency_repeats": LATENCY_REPEATS,
+                   "latency_rounds": LATENCY_ROUNDS, "seq_len": SEQ_LEN, "population": POPULATION,
+                   "generations": GENERATIONS, "explore_rate": EXPLORE_RATE,
+                   "baseline_slack_pct": 100 * (BASELINE_SLACK - 1), "test_pct": 100 * TEST_FRACTION,
+                   "train_pct": 100 * (1 - TEST_FRACTION)}.items():
+    glue_text(key, value)
 
 # %% [markdown]
 # ## The teacher, the data, the space
@@ -62,37 +107,104 @@ print(f"machine: {measure.machine_summary(machine)}")
 
 # %%
 task = load_sst2()
-teacher, tokenizer, teacher_info = load_teacher()
+teacher, tokenizer, teacher_info = zoo.load_teacher()
+teacher_id = fingerprint(config.cache_dir() / zoo.TEACHER_NAME)  # the teacher's model files
 train = task["train"].shuffle(seed=0)
 distill = train.select(range(N_SUPERNET))
 heldout = train.select(range(N_SUPERNET, N_SUPERNET + N_HELDOUT))
 dev = subset(task["validation"], N_DEV)
+dev_id = fingerprint_texts(dev["text"], dev["label"])
+heldout_id = fingerprint_texts(heldout["text"], heldout["label"])
 space = minilm_space()
 baselines = baseline_archs(space)
+t = teacher.config
 print(f"{len(space)} architectures: layers {list(space.num_hidden_layers)}, hidden {list(space.hidden_size)} "
       f"(heads of {space.head_size}), intermediate {list(space.intermediate_size)}")
 print(f"super-model: {len(distill)} sentences; fitness: {len(heldout)} held-out training sentences; "
       f"report: {len(dev)} dev sentences")
+glue_text("teacher_arch", f"L{t.num_hidden_layers}-H{t.hidden_size}-F{t.intermediate_size}")
+glue_text("teacher_layers", t.num_hidden_layers)
+glue_text("teacher_hidden", t.hidden_size)
+glue_text("teacher_intermediate", t.intermediate_size)
+glue_text("n_space", len(space))
+glue_text("n_dev", len(dev))
+glue_text("head_size", space.head_size)
+glue_text("space_layers", ", ".join(map(str, space.num_hidden_layers)))
+glue_text("space_hidden", ", ".join(f"{h} ({h // space.head_size} heads)" for h in space.hidden_size))
+f_sizes = list(space.intermediate_size)
+glue_text("space_intermediate", f"{f_sizes[0]} to {f_sizes[-1]} in steps of {f_sizes[1] - f_sizes[0]} "
+                                f"({len(f_sizes)} values)")
+glue_text("example_hidden", space.hidden_size[2])
+glue_text("example_heads", space.hidden_size[2] // space.head_size)
 baselines.drop(columns="arch")
+
+# %% [markdown]
+# ## Rewiring: what a slice keeps
+#
+# A slice keeps the *first* heads, neurons and hidden dimensions. {func}`~ufkit.surgery.rewire` reorders the
+# teacher's by a weight-magnitude importance first. The permutation does not change what the full model computes
+# (checked below); it changes only what a narrow slice keeps. Both untrained super-models here are the teacher
+# itself, before any sandwich training; the narrow slice keeps every layer and the teacher's own head.
+
+# %%
+narrow = space.arch(space.largest.num_hidden_layers, space.hidden_size[2], space.intermediate_size[4])
+rewired_teacher = rewire(copy.deepcopy(teacher))
+batch = dict(tokenizer(list(dev["text"][:16]), padding=True, return_tensors="pt"))
+with torch.inference_mode():
+    permutation_gap = (teacher(**batch).logits - rewired_teacher(**batch).logits).abs().max().item()
+assert permutation_gap < 1e-3, permutation_gap
+untrained = {"as trained (no rewiring)": SuperBert(teacher, space, head_per_depth=False),
+             "rewired": SuperBert(rewired_teacher, space, head_per_depth=False, copy_model=False)}
+rewiring = pd.DataFrame([{"super-model": name, "slice": narrow.short(),
+                          "held-out accuracy (%)": accuracy(net.extract(narrow), tokenizer, heldout)}
+                         for name, net in untrained.items()]).set_index("super-model")
+teacher_heldout = accuracy(teacher, tokenizer, heldout)
+del untrained
+glue_text("rewire_slice", narrow.short())
+glue_text("rewire_gap", permutation_gap)
+glue_text("rewire_acc_plain", rewiring.iloc[0]["held-out accuracy (%)"])
+glue_text("rewire_acc_rewired", rewiring.iloc[1]["held-out accuracy (%)"])
+glue_text("teacher_heldout_acc", teacher_heldout)
+print(f"the teacher on the same {len(heldout)} held-out sentences: {teacher_heldout:.2f} %; largest logit change "
+      f"from the permutation: {permutation_gap:.2e}")
+rewiring.round(2)
 
 # %% [markdown]
 # ## Stage 1: the super-model
 #
-# The teacher's heads, feedforward neurons and hidden dimensions are first reordered by importance (a
-# permutation: the function does not change), so that narrow slices keep what matters most. Every depth gets its
-# own classification head, first fitted on frozen features of 2,000 sentences. Then every step trains the largest
-# sub-model, the smallest and two random ones on the same batch (the sandwich rule), each distilling the teacher's
-# logits. The super-model is cached.
+# The teacher's heads, feedforward neurons and hidden dimensions are first reordered by importance (above), so
+# that narrow slices keep what matters most. Every depth gets its own classification head, first fitted on frozen
+# features of training sentences. Then every step trains the largest sub-model, the smallest and two random ones
+# on the same batch (the sandwich rule), each distilling the teacher's logits. The super-model is cached and reused
+# on any machine; where it was trained is printed.
 
 # %%
 recipe = SupernetTrainConfig(epochs=1.0, batch_size=32, learning_rate=3e-4, n_random=2, head_warmup_texts=2000)
-supernet, sn_info = load_or_train(config.cache_dir() / f"nas-supernet-{N_SUPERNET}", teacher, tokenizer, distill,
-                                  space=space, cfg=recipe)
+supernet_dir = config.cache_dir() / f"nas-supernet-{N_SUPERNET}"
+supernet, sn_info = load_or_train(supernet_dir, teacher, tokenizer, distill, space=space, cfg=recipe)
+supernet_id = fingerprint(supernet_dir)  # the super-model's files: the key of every accuracy stored below
+trained_on = measure.machine_summary(sn_info["machine"])
 print(f"stage 1: {sn_info['steps']} steps on {sn_info['n_texts']} sentences in {sn_info['train_seconds'] / 60:.1f} "
-      f"min on {sn_info['machine']['cpu_model']} ({sn_info['machine']['threads']} threads)")
+      f"min on {trained_on}")
 warm = sn_info["head_warmup"]
-print(f"head warm-up: {warm['seconds']:.0f} s on {warm['n_texts']} sentences; final loss per depth:",
-      {k: round(v, 3) for k, v in warm["final_loss"].items()})
+head_loss = pd.Series({int(k): v for k, v in warm["final_loss"].items()}, name="final distillation loss")
+head_loss.index.name = "depth"
+print(f"head warm-up: {warm['seconds']:.0f} s on {warm['n_texts']} sentences")
+glue_text("sn_steps", sn_info["steps"])
+glue_text("sn_texts", sn_info["n_texts"])
+glue_text("sn_minutes", sn_info["train_seconds"] / 60)
+glue_text("sn_machine", trained_on)
+glue_text("sn_batch_size", recipe.batch_size)
+glue_text("sn_n_random", recipe.n_random)
+glue_text("head_warmup_seconds", warm["seconds"])
+glue_text("head_warmup_texts", warm["n_texts"])
+shallow = np.arange(len(head_loss)) < (len(head_loss) + 1) // 2  # the shallower half of the depths
+glue_text("head_loss_shallow_depths", ", ".join(map(str, head_loss.index[shallow])))
+glue_text("head_loss_deep_depths", ", ".join(map(str, head_loss.index[~shallow])))
+glue_text("head_loss_shallow", head_loss[shallow].mean())
+glue_text("head_loss_deep", head_loss[~shallow].mean())
+glue("head_loss_table", head_loss.round(3).to_frame().T, display=False)
+display(head_loss.round(3).to_frame().T)
 fig, ax = plt.subplots(figsize=(6, 3))
 for kind, values in sn_info["losses"].items():
     ax.plot(np.arange(1, len(values) + 1) * 20, values, label=kind)
@@ -104,7 +216,6 @@ plt.show()
 # Every sub-model is a plain Hugging Face BERT once extracted, and computes what the super-model's slice computes:
 
 # %%
-batch = dict(tokenizer(list(dev["text"][:16]), padding=True, return_tensors="pt"))
 with torch.inference_mode():
     gaps = {a.short(): (supernet.extract(a)(**batch).logits - supernet(**batch, arch=a)).abs().max().item()
             for a in (space.largest, space.arch(3, 256, 768), space.smallest)}
@@ -115,41 +226,98 @@ pd.Series(gaps, name="max |logit difference|").to_frame()
 # ## Stage 2a: a latency table and a predictor
 #
 # A sample of the space is timed at batch 1 and 128 tokens of real text, in float32 and in int8 (dynamic
-# quantization of every linear layer, {func}`~ufkit.quantization.torch_int8.quantize_int8`), the two in turns, call by call,
-# in two rounds of different random orders. This machine's speed drifts over minutes, so a fixed reference model
-# (`L3-H256-F768`, float32) is timed in the same turns as every measurement and each latency is scaled by
-# median(reference) / reference at that moment. The table is a data file of the book: delete
-# `results/nas_latency.csv` to measure again.
+# quantization of every linear layer, {func}`~ufkit.quantization.torch_int8.quantize_int8`), the two in turns,
+# call by call, in rounds of different random orders. The machine's speed may drift over minutes, so a fixed
+# reference model (`L3-H256-F768`, float32) is timed in the same turns as every measurement and each latency is
+# scaled by median(reference) / reference at that moment.
+#
+# The table is a data file of the book, one per machine: `results/nas_latency-<machine_id>.csv` (with its recipe in
+# `<file>.json`). {func}`~ufkit.nas.build_latency_dataset` reuses a file only when its recipe matches (the
+# architectures, the settings, the CPU *model name* and torch version); the CPU name alone does not tell an
+# AVX2-only EPYC from an AVX-512 one, so the file name carries the full {func}`~ufkit.measure.machine_id` (CPU
+# model, its ISA flags, threads, torch) and another machine never reads this one's table. Delete the file to
+# measure again.
 
 # %%
 lat_batch = measure.make_batches(tokenizer, measure.sample_texts(), 1, SEQ_LEN, n_batches=1)[0]
-latency_path = config.results_dir() / "nas_latency.csv"
+latency_path = config.results_dir() / f"nas_latency-{machine['machine_id']}.csv"
+mtime_before = latency_path.stat().st_mtime if latency_path.is_file() else None
 latency = build_latency_dataset(N_LATENCY_ARCHS, teacher.config, space=space, seq_len=SEQ_LEN, threads=THREADS,
                                 n_warmup=LATENCY_WARMUP, n_repeats=LATENCY_REPEATS, rounds=LATENCY_ROUNDS,
                                 batch=lat_batch, reference=space.arch(3, 256, 768), path=latency_path)
+assert set(latency["machine_id"].astype(str)) == {machine["machine_id"]}, "a latency table of another machine"
+reused = mtime_before is not None and latency_path.stat().st_mtime == mtime_before
+print(f"latency table: {latency_path.name}, {'reused' if reused else 'measured now'} "
+      f"(measured {latency['date'].iloc[0][:10]})")
+warn_if_busy(latency, "the latency table")
 drift = latency["reference_ms"]
 print(f"reference L3-H256-F768 between measurements: {drift.min():.2f} to {drift.max():.2f} ms "
       f"(median {drift.median():.2f}): the drift divided out")
 wide = latency.pivot_table(index=["num_hidden_layers", "hidden_size", "intermediate_size"], columns="quant",
                            values="latency_ms").reset_index()
 wide["int8 speedup"] = wide["fp32"] / wide["int8"]
-full_ms = wide.set_index(["num_hidden_layers", "hidden_size", "intermediate_size"]).loc[(6, 384, 1536)]
+big = space.largest
+full_ms = wide.set_index(["num_hidden_layers", "hidden_size", "intermediate_size"]).loc[
+    (big.num_hidden_layers, big.hidden_size, big.intermediate_size)]
+small_ms = wide.sort_values("fp32").iloc[0]
 print(f"{len(wide)} architectures timed; the teacher: {full_ms['fp32']:.1f} ms float32, {full_ms['int8']:.1f} ms int8 "
       f"({full_ms['int8 speedup']:.2f}x)")
+glue_text("lat_n_archs", len(wide))
+glue_text("teacher_fp32_ms", full_ms["fp32"])
+glue_text("teacher_int8_ms", full_ms["int8"])
+glue_text("teacher_int8_speedup", full_ms["int8 speedup"])
+glue_text("smallest_timed", f"L{int(small_ms.num_hidden_layers)}-H{int(small_ms.hidden_size)}-"
+                            f"F{int(small_ms.intermediate_size)}")
+glue_text("smallest_int8_speedup", small_ms["int8 speedup"])
+glue_text("ref_ms_min", drift.min())
+glue_text("ref_ms_max", drift.max())
+glue_text("ref_ms_median", drift.median())
+glue_text("ref_drift_pct", 100 * (drift.max() - drift.min()) / drift.median())
 fig, ax = plt.subplots(figsize=(6, 3.5))
 sc = ax.scatter(wide["fp32"], wide["int8 speedup"], c=wide["hidden_size"], s=12, cmap="viridis")
 ax.axhline(1.0, color="grey", lw=0.8)
 ax.set(xscale="log", xlabel="float32 latency (ms)", ylabel="int8 speed-up (×)", title="What int8 buys, by size")
 fig.colorbar(sc, label="hidden_size")
+fig.suptitle(measure.machine_summary(machine), fontsize=7)
 plt.show()
 
 # %% [markdown]
-# Two predictors are fitted on 80 % of the timed architectures and scored on the other 20 %: the papers' small
+# Other machines' latency tables stay in the results folder; the teacher's latency on each, side by side with this
+# machine's, each row labelled with the machine it was measured on. (A file without a machine id in its name is
+# from before tables were kept per machine.)
+
+# %%
+others = []
+for path in sorted(config.results_dir().glob("nas_latency*.csv")):
+    df = pd.read_csv(path)
+    if not {"cpu_model", "latency_ms", "quant"} <= set(df.columns):
+        continue
+    df["machine_id"] = [measure.machine_id(r) for r in df.to_dict("records")]
+    for mid, part in df.groupby("machine_id"):
+        row = part[(part.num_hidden_layers == big.num_hidden_layers) & (part.hidden_size == big.hidden_size) &
+                   (part.intermediate_size == big.intermediate_size)].set_index("quant")
+        if row.empty or mid == machine["machine_id"] and path != latency_path:
+            continue
+        first = part.iloc[0].to_dict()
+        others.append({"machine": measure.machine_summary(first), "machine_id": mid,
+                       "this machine": mid == machine["machine_id"], "file": path.name,
+                       "date": str(first.get("date", ""))[:10], "architectures": len(part) // part["quant"].nunique(),
+                       "teacher fp32 (ms)": row.loc["fp32", "latency_ms"],
+                       "teacher int8 (ms)": row.loc["int8", "latency_ms"]})
+by_machine = pd.DataFrame(others)
+by_machine["int8 speed-up"] = by_machine["teacher fp32 (ms)"] / by_machine["teacher int8 (ms)"]
+by_machine = by_machine.sort_values("this machine", ascending=False).reset_index(drop=True)
+glue_text("n_machines", by_machine["machine_id"].nunique())
+glue("latency_by_machine", by_machine.drop(columns="machine_id").round(2), display=False)
+by_machine.round(2)
+
+# %% [markdown]
+# Two predictors are fitted on most of the timed architectures and scored on the others (`TEST_FRACTION`): the papers' small
 # MLP on the three sizes, and a linear model on FLOP-like terms. Their error is the mean absolute percentage error
 # (MAPE); the search then uses the better one, refitted on the whole table.
 
 # %%
-lat_train, lat_test = split_archs(latency, 0.2, seed=0)
+lat_train, lat_test = split_archs(latency, TEST_FRACTION, seed=0)
 scores, fitted = [], {}
 for quant in ("fp32", "int8"):
     for kind in ("mlp", "linear"):
@@ -159,6 +327,14 @@ for quant in ("fp32", "int8"):
 scores = pd.DataFrame(scores).set_index(["quant", "predictor"])
 best_kind = {q: scores.loc[q, "MAPE held-out (%)"].idxmin() for q in ("fp32", "int8")}
 predictors = {q: fit_predictor(latency, best_kind[q], quant=q) for q in ("fp32", "int8")}
+glue_text("linear_features", ", ".join(LINEAR_FEATURE_NAMES))
+glue_text("n_linear_features", len(LINEAR_FEATURE_NAMES))
+glue_text("n_lat_test_archs", len(lat_test) // lat_test["quant"].nunique())
+for (quant, kind), r in scores.iterrows():
+    glue_text(f"mape_{quant}_{kind}", r["MAPE held-out (%)"])
+glue_text("best_predictor_fp32", best_kind["fp32"])
+glue_text("best_predictor_int8", best_kind["int8"])
+glue("mape_table", scores.round(2), display=False)
 scores.round(2)
 
 # %%
@@ -178,12 +354,12 @@ plt.show()
 # %% [markdown]
 # ## Stage 2b: the search
 #
-# For each target $C$ (a fraction of the teacher's int8 latency), 25 architectures whose predicted int8 latency
-# lies in $[0.85\,C, 1.1\,C]$ evolve for a few generations; the fitness is the held-out accuracy of the
-# int8-quantized sub-model ({func}`~ufkit.nas.search.search`). The same search in float32 (float32 predictor,
+# For each target $C$ (a fraction of the teacher's int8 latency), a population of architectures whose predicted
+# int8 latency lies in a window around $C$ evolves for a few generations; the fitness is the held-out accuracy of
+# the int8-quantized sub-model ({func}`~ufkit.nas.search.search`). The same search in float32 (float32 predictor,
 # float32 fitness) is AutoTinyBERT's. Searches are cached; fitness values are shared between targets. The space
 # is small enough to count how many architectures each window holds: the search cannot do better than trying
-# them all, and with a few dozen in a window it comes close to that.
+# them all.
 
 # %%
 key = {"supernet": sn_info["recipe"], "n_heldout": N_HELDOUT,
@@ -195,16 +371,30 @@ for quant in ("int8", "fp32"):
     for frac in TARGETS:
         target = frac * full_ms["int8"]
         searches[quant, frac] = load_or_search(
-            config.cache_dir() / f"nas-search-{quant}-{frac:.2f}.csv", fitness, predictors[quant], target, space,
-            key=key, population=POPULATION, generations=GENERATIONS, explore_rate=0.5, seed=0, cache=caches[quant])
+            config.cache_dir() / f"nas-search-{machine['machine_id']}-{quant}-{frac:.2f}.csv", fitness,
+            predictors[quant], target, space, key=key, population=POPULATION, generations=GENERATIONS,
+            explore_rate=EXPLORE_RATE, seed=0, cache=caches[quant])
 every = list(space)
 in_window = {(q, f): int(((predictors[q].predict(every) >= r.window_ms[0]) &
                           (predictors[q].predict(every) <= r.window_ms[1])).sum()) for (q, f), r in searches.items()}
-pd.DataFrame([{"search": quant, "target": f"{frac:.2f} × int8 teacher", "target (ms)": r.target_ms,
-               "architectures in the window": in_window[quant, frac], "fitness evaluations": r.n_evaluations,
-               "best": r.best.short(), "held-out accuracy (%)": r.best_fitness,
-               "predicted latency (ms)": r.best_predicted_latency_ms}
-              for (quant, frac), r in searches.items()]).round(2)
+search_table = pd.DataFrame([{"search": quant, "target": f"{frac:.2f} × int8 teacher", "target (ms)": r.target_ms,
+                              "architectures in the window": in_window[quant, frac],
+                              "fitness evaluations": r.n_evaluations, "best": r.best.short(),
+                              "held-out accuracy (%)": r.best_fitness,
+                              "predicted latency (ms)": r.best_predicted_latency_ms}
+                             for (quant, frac), r in searches.items()])
+first = next(iter(searches.values()))
+glue_text("window_lo", first.window_ms[0] / first.target_ms)
+glue_text("window_hi", first.window_ms[1] / first.target_ms)
+glue_text("targets", " and ".join(f"{f:.2f}" for f in TARGETS))
+glue_text("n_targets", len(TARGETS))
+int8_rows = search_table[search_table.search == "int8"]
+glue_text("window_min_archs", int8_rows["architectures in the window"].min())
+glue_text("window_max_archs", int8_rows["architectures in the window"].max())
+glue_text("evaluated_share_pct", 100 * (int8_rows["fitness evaluations"] / int8_rows["architectures in the window"])
+          .clip(upper=1).min())
+glue("search_table", search_table.round(2), display=False)
+search_table.round(2)
 
 # %%
 fig, axes = plt.subplots(1, len(TARGETS), figsize=(5 * len(TARGETS), 3.2), squeeze=False)
@@ -225,6 +415,10 @@ plt.show()
 # Every candidate is extracted from the same super-model, deployed as it would be (the searched models in the
 # precision they were searched for; everything else in int8) and measured again: dev accuracy and latency at
 # batch 1, 128 tokens, on this machine. The teacher itself, in float32 and int8, is the reference.
+#
+# Both kinds of result go to the results store ({class}`~ufkit.measure.ResultsStore`), each reused only where it
+# is still true: latencies (`nas_report_latency`) only on the same machine, for the same model files and timing
+# settings; accuracies (`nas_report_accuracy`) for the same model files and the same sentences, on any machine.
 
 # %%
 candidates = [("teacher", "MiniLM-L6 (teacher)", space.largest, q) for q in ("fp32", "int8")]
@@ -236,22 +430,58 @@ for (quant, frac), r in searches.items():
     else:
         candidates.append(("searched in fp32 (AutoTinyBERT)", name, r.best, "fp32"))
         candidates.append(("searched in fp32, then int8", name, r.best, "int8"))
-rows, timed = [], {}
-for family, name, arch, quant in candidates:
-    model = teacher if family == "teacher" else supernet.extract(arch)
-    n_encoder = sum(p.numel() for p in model.bert.encoder.parameters()) / 1e6  # what the latency pays for
+timing_settings = f"b1-seq{SEQ_LEN}-warmup{LATENCY_WARMUP}-calls{LATENCY_REPEATS}"
+
+
+def stored_accuracy(model_id, arch, quant, make):
+    """This model's accuracies from the store (any machine), else computed now and stored."""
+    key = {"model_id": model_id, "arch": arch.short(), "quant": quant, "dev_id": dev_id, "heldout_id": heldout_id}
+    hit = store.read("nas_report_accuracy", **key)
+    if len(hit):
+        return hit.iloc[0], True
+    model = make()
     model = quantize_int8(model) if quant == "int8" else model
-    if (arch, quant) not in timed:
-        timed[arch, quant] = time_architecture(arch, supernet, quant=quant, seq_len=SEQ_LEN, threads=THREADS,
-                                             n_warmup=LATENCY_WARMUP, n_repeats=LATENCY_REPEATS,
-                                             batch=lat_batch).loc[0, "latency_ms"]
+    row = pd.DataFrame([{**key, "dev accuracy (%)": accuracy(model, tokenizer, dev),
+                         "held-out accuracy (%)": accuracy(model, tokenizer, heldout)}])
+    return store.append("nas_report_accuracy", row).iloc[0], False
+
+
+rows, lat_rows, n_reused = [], [], {"latency": 0, "accuracy": 0}
+for family, name, arch, quant in candidates:
+    is_teacher = family == "teacher"
+    model_id = teacher_id if is_teacher else supernet_id
+    make = (lambda: teacher) if is_teacher else (lambda a=arch: supernet.extract(a))
+    n_encoder = sum(p.numel() for p in make().bert.encoder.parameters()) / 1e6  # what the latency pays for
+    lat_key = {"model_id": supernet_id, "arch": arch.short(), "quant": quant, "settings": timing_settings}
+    n_reused["latency"] += not store.read("nas_report_latency", machine="current", **lat_key).empty
+    lat = store.load_or_measure(
+        "nas_report_latency",
+        lambda: time_architecture(arch, supernet, quant=quant, seq_len=SEQ_LEN, threads=THREADS,
+                                  n_warmup=LATENCY_WARMUP, n_repeats=LATENCY_REPEATS, batch=lat_batch),
+        **lat_key)
+    acc, hit = stored_accuracy(model_id, arch, quant, make)
+    n_reused["accuracy"] += hit
+    lat_rows.append(lat.iloc[[-1]])
     rows.append({"family": family, "name": name, "arch": arch.short(), "quant": quant,
-                 "encoder params (M)": n_encoder,
-                 "latency_ms": timed[arch, quant], "dev accuracy (%)": accuracy(model, tokenizer, dev),
-                 "held-out accuracy (%)": accuracy(model, tokenizer, heldout)})
+                 "encoder params (M)": n_encoder, "latency_ms": float(lat["latency_ms"].iloc[-1]),
+                 "dev accuracy (%)": float(acc["dev accuracy (%)"]),
+                 "held-out accuracy (%)": float(acc["held-out accuracy (%)"])})
 report = pd.DataFrame(rows)
 report["pareto"] = pareto_front(report["latency_ms"], report["dev accuracy (%)"])
-report.to_csv(config.results_dir() / "nas_report.csv", index=False)
+print(f"{len(report)} candidates: latencies reused from the store for {n_reused['latency']} (this machine), "
+      f"accuracies for {n_reused['accuracy']}")
+warn_if_busy(pd.concat(lat_rows, ignore_index=True), "the report")
+teacher_rows = report[report.family == "teacher"].set_index("quant")
+largest_slice = report[(report.arch == space.largest.short()) & (report.family != "teacher")
+                       & (report.quant == "int8")]
+glue_text("report_teacher_fp32_ms", teacher_rows.loc["fp32", "latency_ms"])
+glue_text("report_teacher_int8_ms", teacher_rows.loc["int8", "latency_ms"])
+glue_text("teacher_dev_fp32", teacher_rows.loc["fp32", "dev accuracy (%)"])
+glue_text("teacher_dev_int8", teacher_rows.loc["int8", "dev accuracy (%)"])
+glue_text("largest_slice_dev_int8", largest_slice["dev accuracy (%)"].iloc[0])
+depth_rows = report[report.family == "depth (int8)"][["name", "arch", "latency_ms", "dev accuracy (%)"]]
+glue("depth_baselines", depth_rows.set_index("name").round(2).T, display=False)
+glue("report_table", report.round(2), display=False)
 report.round(2)
 
 # %%
@@ -287,15 +517,32 @@ for frac in TARGETS:
     r8, r32 = searches["int8", frac], searches["fp32", frac]
     mine = report[(report.family == "searched in int8 (Bigger&Faster)") & (report.arch == r8.best.short())].iloc[0]
     fp = report[(report.family == "searched in fp32 (AutoTinyBERT)") & (report.arch == r32.best.short())].iloc[0]
-    base = report[report.family.isin(["depth (int8)", "width (int8)"]) & (report.latency_ms <= mine.latency_ms * 1.05)]
+    base = report[report.family.isin(["depth (int8)", "width (int8)"])
+                  & (report.latency_ms <= mine.latency_ms * BASELINE_SLACK)]
     best_base = base.loc[base["dev accuracy (%)"].idxmax()] if len(base) else None
-    summary.append({"target (ms)": frac * full_ms["int8"], "int8 search": mine.arch,
-                    "its latency (ms)": mine.latency_ms, "its dev accuracy (%)": mine["dev accuracy (%)"],
+    summary.append({"target": f"{frac:.2f} × int8 teacher", "target (ms)": frac * full_ms["int8"],
+                    "int8 search": mine.arch, "its latency (ms)": mine.latency_ms,
+                    "its dev accuracy (%)": mine["dev accuracy (%)"],
                     "its encoder params (M)": mine["encoder params (M)"],
                     "best baseline no slower": None if best_base is None else f"{best_base['name']} ({best_base.arch})",
+                    "baseline latency (ms)": np.nan if best_base is None else best_base.latency_ms,
                     "baseline dev accuracy (%)": np.nan if best_base is None else best_base["dev accuracy (%)"],
                     "fp32 search": fp.arch, "fp32 latency (ms)": fp.latency_ms,
                     "fp32 dev accuracy (%)": fp["dev accuracy (%)"],
                     "fp32 encoder params (M)": fp["encoder params (M)"]})
+summary = pd.DataFrame(summary)
+margin_base = summary["its dev accuracy (%)"] - summary["baseline dev accuracy (%)"]
+margin_fp32 = summary["its dev accuracy (%)"] - summary["fp32 dev accuracy (%)"]
+summary["margin over baseline (points)"] = margin_base
+summary["margin over fp32 search (points)"] = margin_fp32
+bigger = summary["its encoder params (M)"] > summary["fp32 encoder params (M)"]
+glue_text("n_beats_baseline", int((margin_base > 0).sum()))
+glue_text("n_beats_fp32", int((margin_fp32 > 0).sum()))
+glue_text("n_bigger_than_fp32", int(bigger.sum()))
+glue_text("margin_base_min", margin_base.min())
+glue_text("margin_base_max", margin_base.max())
+glue_text("margin_fp32_min", margin_fp32.min())
+glue_text("margin_fp32_max", margin_fp32.max())
+glue("summary_table", summary.set_index("target").round(2).T, display=False)
 print(f"machine: {measure.machine_summary(machine)}")
-pd.DataFrame(summary).round(2).T
+summary.set_index("target").round(2).T
