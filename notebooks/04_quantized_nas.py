@@ -418,7 +418,9 @@ plt.show()
 #
 # Both kinds of result go to the results store ({class}`~ufkit.measure.ResultsStore`), each reused only where it
 # is still true: latencies (`nas_report_latency`) only on the same machine, for the same model files and timing
-# settings; accuracies (`nas_report_accuracy`) for the same model files and the same sentences, on any machine.
+# settings; accuracies (`nas_report_accuracy`) for the same model files and the same sentences, on the same
+# machine too: int8 kernels differ between instruction sets (AVX2's 16-bit intermediate sums can saturate where
+# VNNI's cannot), and so can a prediction on the edge.
 
 # %%
 candidates = [("teacher", "MiniLM-L6 (teacher)", space.largest, q) for q in ("fp32", "int8")]
@@ -434,9 +436,9 @@ timing_settings = f"b1-seq{SEQ_LEN}-warmup{LATENCY_WARMUP}-calls{LATENCY_REPEATS
 
 
 def stored_accuracy(model_id, arch, quant, make):
-    """This model's accuracies from the store (any machine), else computed now and stored."""
+    """This model's accuracies from the store (this machine), else computed now and stored."""
     key = {"model_id": model_id, "arch": arch.short(), "quant": quant, "dev_id": dev_id, "heldout_id": heldout_id}
-    hit = store.read("nas_report_accuracy", **key)
+    hit = store.read("nas_report_accuracy", machine="current", **key)
     if len(hit):
         return hit.iloc[0], True
     model = make()

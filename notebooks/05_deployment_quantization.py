@@ -210,16 +210,17 @@ print(f"timed on {measure.machine_summary(timings.iloc[0].to_dict())}")
 # ## Accuracy on SST-2 dev
 #
 # Every variant, ONNX ones included, runs over the same dev sentences; `accuracy_drop` is in points against
-# PyTorch fp32 and `agreement` is the share of predictions equal to fp32's. Accuracy depends on the model files and
-# the sentences, not on the machine's speed: stored rows (table `quantize_accuracy`) are reused on any machine,
-# but only for the same `model_id`, `variants_id` and dev sentences (`dev_id`). (`results/quantize_eval.csv`, from
+# PyTorch fp32 and `agreement` is the share of predictions equal to fp32's. Accuracy depends on the model files, the
+# sentences and, for int8, on the machine's instruction set (AVX2's 16-bit intermediate sums can saturate where
+# VNNI's cannot): stored rows (table `quantize_accuracy`) are reused only on this machine, for the same
+# `model_id`, `variants_id` and dev sentences (`dev_id`). (`results/quantize_eval.csv`, from
 # before rows were keyed by model files, is not read: its rows cannot say which model they evaluated.)
 
 # %%
 parts = []
 for name, out in out_dirs.items():
     key = {"model": name, "model_id": model_ids[name], "variants_id": variants_ids[name], "dev_id": dev_id}
-    rows = store.read("quantize_accuracy", **key)
+    rows = store.read("quantize_accuracy", machine="current", **key)
     if rows.empty:
         rows = store.append("quantize_accuracy", Q.evaluate_variants(out, dev, threads=THREADS).reset_index()
                             .assign(**key))

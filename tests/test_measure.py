@@ -145,3 +145,10 @@ def test_interrupted_cache_write_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         load_or_make(tmp_path / "c", {"k": 1}, make, save=save, load=lambda f: None)
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.tmp-*"))
+
+
+def test_store_matches_numbers_as_numbers(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append("t", pd.DataFrame([{"batch_size": 512.0, "name": "a", **machine_info(threads=2)}]))
+    assert len(store.read("t", batch_size=512)) == 1 and len(store.read("t", name="a")) == 1
+    assert store.read("t", batch_size=64).empty

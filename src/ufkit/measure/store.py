@@ -26,6 +26,13 @@ def _check_table(table: str) -> str:
     return table
 
 
+def _equal(column: pd.Series, value) -> pd.Series:
+    """Rows whose cell equals ``value``: numerically for numbers (a CSV reads 512 back as 512.0), else as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return pd.to_numeric(column, errors="coerce") == value
+    return column.astype(str) == str(value)
+
+
 def with_machine_ids(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with a ``machine_id`` column, computed from each row's machine columns where missing."""
     if df.empty:
@@ -79,7 +86,7 @@ class ResultsStore:
         for col, value in match.items():
             if col not in df.columns:
                 return df.iloc[0:0]
-            df = df[df[col].astype(str) == str(value)]
+            df = df[_equal(df[col], value)]
         return df.reset_index(drop=True)
 
     def append(self, table: str, rows: pd.DataFrame) -> pd.DataFrame:

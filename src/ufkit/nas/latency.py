@@ -240,6 +240,8 @@ def build_latency_dataset(archs, source, *, space: SearchSpace | None = None, qu
                     latency_ms_iqr=("latency_ms_iqr", "median"))
         if ref_model is not None:
             spec.update(latency_ms_raw=("latency_ms_raw", "median"), reference_ms=("reference_ms", "median"))
+        # a busy round makes the row busy; attempts add up over the rounds
+        spec.update(busy=("busy", "any"), other_cores=("other_cores", "max"), attempts=("attempts", "sum"))
         agg = runs.groupby("quant", sort=False).agg(**spec)
         first = runs.drop_duplicates("quant").set_index("quant")
         first[list(spec)] = agg
