@@ -24,7 +24,6 @@
 # %%
 import copy
 import hashlib
-import json
 
 import datasets
 import matplotlib.pyplot as plt
@@ -32,7 +31,6 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
-from myst_nb import glue
 
 from ufkit import config, measure, zoo
 from ufkit.cache import fingerprint, fingerprint_texts
@@ -42,6 +40,7 @@ from ufkit.nas import (LINEAR_FEATURE_NAMES, SuperBert, SupernetTrainConfig, acc
                        minilm_space, pareto_front, split_archs, time_architecture)
 from ufkit.quantization import quantize_int8
 from ufkit.surgery import rewire
+from ufkit.measure.report import busy_note, put
 
 datasets.disable_progress_bar()
 THREADS = config.bench_threads()
@@ -62,41 +61,22 @@ machine = measure.machine_info(THREADS)
 store = measure.ResultsStore()  # config.results_dir(): results/ at full size, the smoke cache at smoke size
 
 
-def glue_text(key, value):
-    """Glue a number or a string for the page (plain Python types: numpy's reprs do not format)."""
-    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
-        value = int(value)
-    elif isinstance(value, (np.floating, float)):
-        value = float(value)
-    glue(key, value, display=False)
-
-
-def warn_if_busy(rows, what):
-    """Print a visible warning when a timing row was taken while other processes loaded the machine."""
-    busy = rows["busy"].astype(str).str.lower().eq("true") if "busy" in rows else pd.Series(False, index=rows.index)
-    if busy.any():
-        cores = pd.to_numeric(rows.loc[busy, "other_cores"], errors="coerce").max()
-        print(f"WARNING: {int(busy.sum())} of {len(rows)} timing rows of {what} were measured while other "
-              f"processes took up to {cores:.2f} cores (busy=True): those latencies are not a quiet machine's")
-    elif "busy" not in rows:
-        print(f"note: the timing rows of {what} carry no busy flag (measured before the load check existed)")
-    return busy
 
 
 print(f"run size: {config.size()}")
 print(f"machine: {measure.machine_summary(machine)} (id {machine['machine_id']})")
 print(f"vector and matrix units: {measure.isa_description(machine['cpu_flags'])}")
-glue_text("machine", measure.machine_summary(machine))
-glue_text("isa", measure.isa_description(machine["cpu_flags"]))
-glue_text("threads", THREADS)
-glue_text("run_size", config.size())
+put("machine", measure.machine_summary(machine))
+put("isa", measure.isa_description(machine["cpu_flags"]))
+put("threads", THREADS)
+put("run_size", config.size())
 for key, value in {"n_supernet": N_SUPERNET, "n_heldout": N_HELDOUT, "n_latency_archs": N_LATENCY_ARCHS,
                    "latency_warmup": LATENCY_WARMUP, "latency_repeats": LATENCY_REPEATS,
                    "latency_rounds": LATENCY_ROUNDS, "seq_len": SEQ_LEN, "population": POPULATION,
                    "generations": GENERATIONS, "explore_rate": EXPLORE_RATE,
                    "baseline_slack_pct": 100 * (BASELINE_SLACK - 1), "test_pct": 100 * TEST_FRACTION,
                    "train_pct": 100 * (1 - TEST_FRACTION)}.items():
-    glue_text(key, value)
+    put(key, value)
 
 # %% [markdown]
 # ## The teacher, the data, the space
@@ -122,20 +102,20 @@ print(f"{len(space)} architectures: layers {list(space.num_hidden_layers)}, hidd
       f"(heads of {space.head_size}), intermediate {list(space.intermediate_size)}")
 print(f"super-model: {len(distill)} sentences; fitness: {len(heldout)} held-out training sentences; "
       f"report: {len(dev)} dev sentences")
-glue_text("teacher_arch", f"L{t.num_hidden_layers}-H{t.hidden_size}-F{t.intermediate_size}")
-glue_text("teacher_layers", t.num_hidden_layers)
-glue_text("teacher_hidden", t.hidden_size)
-glue_text("teacher_intermediate", t.intermediate_size)
-glue_text("n_space", len(space))
-glue_text("n_dev", len(dev))
-glue_text("head_size", space.head_size)
-glue_text("space_layers", ", ".join(map(str, space.num_hidden_layers)))
-glue_text("space_hidden", ", ".join(f"{h} ({h // space.head_size} heads)" for h in space.hidden_size))
+put("teacher_arch", f"L{t.num_hidden_layers}-H{t.hidden_size}-F{t.intermediate_size}")
+put("teacher_layers", t.num_hidden_layers)
+put("teacher_hidden", t.hidden_size)
+put("teacher_intermediate", t.intermediate_size)
+put("n_space", len(space))
+put("n_dev", len(dev))
+put("head_size", space.head_size)
+put("space_layers", ", ".join(map(str, space.num_hidden_layers)))
+put("space_hidden", ", ".join(f"{h} ({h // space.head_size} heads)" for h in space.hidden_size))
 f_sizes = list(space.intermediate_size)
-glue_text("space_intermediate", f"{f_sizes[0]} to {f_sizes[-1]} in steps of {f_sizes[1] - f_sizes[0]} "
+put("space_intermediate", f"{f_sizes[0]} to {f_sizes[-1]} in steps of {f_sizes[1] - f_sizes[0]} "
                                 f"({len(f_sizes)} values)")
-glue_text("example_hidden", space.hidden_size[2])
-glue_text("example_heads", space.hidden_size[2] // space.head_size)
+put("example_hidden", space.hidden_size[2])
+put("example_heads", space.hidden_size[2] // space.head_size)
 baselines.drop(columns="arch")
 
 # %% [markdown]
@@ -160,11 +140,11 @@ rewiring = pd.DataFrame([{"super-model": name, "slice": narrow.short(),
                          for name, net in untrained.items()]).set_index("super-model")
 teacher_heldout = accuracy(teacher, tokenizer, heldout)
 del untrained
-glue_text("rewire_slice", narrow.short())
-glue_text("rewire_gap", permutation_gap)
-glue_text("rewire_acc_plain", rewiring.iloc[0]["held-out accuracy (%)"])
-glue_text("rewire_acc_rewired", rewiring.iloc[1]["held-out accuracy (%)"])
-glue_text("teacher_heldout_acc", teacher_heldout)
+put("rewire_slice", narrow.short())
+put("rewire_gap", permutation_gap)
+put("rewire_acc_plain", rewiring.iloc[0]["held-out accuracy (%)"])
+put("rewire_acc_rewired", rewiring.iloc[1]["held-out accuracy (%)"])
+put("teacher_heldout_acc", teacher_heldout)
 print(f"the teacher on the same {len(heldout)} held-out sentences: {teacher_heldout:.2f} %; largest logit change "
       f"from the permutation: {permutation_gap:.2e}")
 rewiring.round(2)
@@ -190,20 +170,20 @@ warm = sn_info["head_warmup"]
 head_loss = pd.Series({int(k): v for k, v in warm["final_loss"].items()}, name="final distillation loss")
 head_loss.index.name = "depth"
 print(f"head warm-up: {warm['seconds']:.0f} s on {warm['n_texts']} sentences")
-glue_text("sn_steps", sn_info["steps"])
-glue_text("sn_texts", sn_info["n_texts"])
-glue_text("sn_minutes", sn_info["train_seconds"] / 60)
-glue_text("sn_machine", trained_on)
-glue_text("sn_batch_size", recipe.batch_size)
-glue_text("sn_n_random", recipe.n_random)
-glue_text("head_warmup_seconds", warm["seconds"])
-glue_text("head_warmup_texts", warm["n_texts"])
+put("sn_steps", sn_info["steps"])
+put("sn_texts", sn_info["n_texts"])
+put("sn_minutes", sn_info["train_seconds"] / 60)
+put("sn_machine", trained_on)
+put("sn_batch_size", recipe.batch_size)
+put("sn_n_random", recipe.n_random)
+put("head_warmup_seconds", warm["seconds"])
+put("head_warmup_texts", warm["n_texts"])
 shallow = np.arange(len(head_loss)) < (len(head_loss) + 1) // 2  # the shallower half of the depths
-glue_text("head_loss_shallow_depths", ", ".join(map(str, head_loss.index[shallow])))
-glue_text("head_loss_deep_depths", ", ".join(map(str, head_loss.index[~shallow])))
-glue_text("head_loss_shallow", head_loss[shallow].mean())
-glue_text("head_loss_deep", head_loss[~shallow].mean())
-glue("head_loss_table", head_loss.round(3).to_frame().T, display=False)
+put("head_loss_shallow_depths", ", ".join(map(str, head_loss.index[shallow])))
+put("head_loss_deep_depths", ", ".join(map(str, head_loss.index[~shallow])))
+put("head_loss_shallow", head_loss[shallow].mean())
+put("head_loss_deep", head_loss[~shallow].mean())
+put("head_loss_table", head_loss.round(3).to_frame().T)
 display(head_loss.round(3).to_frame().T)
 fig, ax = plt.subplots(figsize=(6, 3))
 for kind, values in sn_info["losses"].items():
@@ -249,7 +229,7 @@ assert set(latency["machine_id"].astype(str)) == {machine["machine_id"]}, "a lat
 reused = mtime_before is not None and latency_path.stat().st_mtime == mtime_before
 print(f"latency table: {latency_path.name}, {'reused' if reused else 'measured now'} "
       f"(measured {latency['date'].iloc[0][:10]})")
-warn_if_busy(latency, "the latency table")
+_ = busy_note(latency, "the latency table")
 drift = latency["reference_ms"]
 print(f"reference L3-H256-F768 between measurements: {drift.min():.2f} to {drift.max():.2f} ms "
       f"(median {drift.median():.2f}): the drift divided out")
@@ -262,17 +242,17 @@ full_ms = wide.set_index(["num_hidden_layers", "hidden_size", "intermediate_size
 small_ms = wide.sort_values("fp32").iloc[0]
 print(f"{len(wide)} architectures timed; the teacher: {full_ms['fp32']:.1f} ms float32, {full_ms['int8']:.1f} ms int8 "
       f"({full_ms['int8 speedup']:.2f}x)")
-glue_text("lat_n_archs", len(wide))
-glue_text("teacher_fp32_ms", full_ms["fp32"])
-glue_text("teacher_int8_ms", full_ms["int8"])
-glue_text("teacher_int8_speedup", full_ms["int8 speedup"])
-glue_text("smallest_timed", f"L{int(small_ms.num_hidden_layers)}-H{int(small_ms.hidden_size)}-"
+put("lat_n_archs", len(wide))
+put("teacher_fp32_ms", full_ms["fp32"])
+put("teacher_int8_ms", full_ms["int8"])
+put("teacher_int8_speedup", full_ms["int8 speedup"])
+put("smallest_timed", f"L{int(small_ms.num_hidden_layers)}-H{int(small_ms.hidden_size)}-"
                             f"F{int(small_ms.intermediate_size)}")
-glue_text("smallest_int8_speedup", small_ms["int8 speedup"])
-glue_text("ref_ms_min", drift.min())
-glue_text("ref_ms_max", drift.max())
-glue_text("ref_ms_median", drift.median())
-glue_text("ref_drift_pct", 100 * (drift.max() - drift.min()) / drift.median())
+put("smallest_int8_speedup", small_ms["int8 speedup"])
+put("ref_ms_min", drift.min())
+put("ref_ms_max", drift.max())
+put("ref_ms_median", drift.median())
+put("ref_drift_pct", 100 * (drift.max() - drift.min()) / drift.median())
 fig, ax = plt.subplots(figsize=(6, 3.5))
 sc = ax.scatter(wide["fp32"], wide["int8 speedup"], c=wide["hidden_size"], s=12, cmap="viridis")
 ax.axhline(1.0, color="grey", lw=0.8)
@@ -307,8 +287,8 @@ for path in sorted(config.results_dir().glob("nas_latency*.csv")):
 by_machine = pd.DataFrame(others)
 by_machine["int8 speed-up"] = by_machine["teacher fp32 (ms)"] / by_machine["teacher int8 (ms)"]
 by_machine = by_machine.sort_values("this machine", ascending=False).reset_index(drop=True)
-glue_text("n_machines", by_machine["machine_id"].nunique())
-glue("latency_by_machine", by_machine.drop(columns="machine_id").round(2), display=False)
+put("n_machines", by_machine["machine_id"].nunique())
+put("latency_by_machine", by_machine.drop(columns="machine_id").round(2))
 by_machine.round(2)
 
 # %% [markdown]
@@ -327,14 +307,14 @@ for quant in ("fp32", "int8"):
 scores = pd.DataFrame(scores).set_index(["quant", "predictor"])
 best_kind = {q: scores.loc[q, "MAPE held-out (%)"].idxmin() for q in ("fp32", "int8")}
 predictors = {q: fit_predictor(latency, best_kind[q], quant=q) for q in ("fp32", "int8")}
-glue_text("linear_features", ", ".join(LINEAR_FEATURE_NAMES))
-glue_text("n_linear_features", len(LINEAR_FEATURE_NAMES))
-glue_text("n_lat_test_archs", len(lat_test) // lat_test["quant"].nunique())
+put("linear_features", ", ".join(LINEAR_FEATURE_NAMES))
+put("n_linear_features", len(LINEAR_FEATURE_NAMES))
+put("n_lat_test_archs", len(lat_test) // lat_test["quant"].nunique())
 for (quant, kind), r in scores.iterrows():
-    glue_text(f"mape_{quant}_{kind}", r["MAPE held-out (%)"])
-glue_text("best_predictor_fp32", best_kind["fp32"])
-glue_text("best_predictor_int8", best_kind["int8"])
-glue("mape_table", scores.round(2), display=False)
+    put(f"mape_{quant}_{kind}", r["MAPE held-out (%)"])
+put("best_predictor_fp32", best_kind["fp32"])
+put("best_predictor_int8", best_kind["int8"])
+put("mape_table", scores.round(2))
 scores.round(2)
 
 # %%
@@ -384,16 +364,16 @@ search_table = pd.DataFrame([{"search": quant, "target": f"{frac:.2f} × int8 te
                               "predicted latency (ms)": r.best_predicted_latency_ms}
                              for (quant, frac), r in searches.items()])
 first = next(iter(searches.values()))
-glue_text("window_lo", first.window_ms[0] / first.target_ms)
-glue_text("window_hi", first.window_ms[1] / first.target_ms)
-glue_text("targets", " and ".join(f"{f:.2f}" for f in TARGETS))
-glue_text("n_targets", len(TARGETS))
+put("window_lo", first.window_ms[0] / first.target_ms)
+put("window_hi", first.window_ms[1] / first.target_ms)
+put("targets", " and ".join(f"{f:.2f}" for f in TARGETS))
+put("n_targets", len(TARGETS))
 int8_rows = search_table[search_table.search == "int8"]
-glue_text("window_min_archs", int8_rows["architectures in the window"].min())
-glue_text("window_max_archs", int8_rows["architectures in the window"].max())
-glue_text("evaluated_share_pct", 100 * (int8_rows["fitness evaluations"] / int8_rows["architectures in the window"])
+put("window_min_archs", int8_rows["architectures in the window"].min())
+put("window_max_archs", int8_rows["architectures in the window"].max())
+put("evaluated_share_pct", 100 * (int8_rows["fitness evaluations"] / int8_rows["architectures in the window"])
           .clip(upper=1).min())
-glue("search_table", search_table.round(2), display=False)
+put("search_table", search_table.round(2))
 search_table.round(2)
 
 # %%
@@ -472,18 +452,18 @@ report = pd.DataFrame(rows)
 report["pareto"] = pareto_front(report["latency_ms"], report["dev accuracy (%)"])
 print(f"{len(report)} candidates: latencies reused from the store for {n_reused['latency']} (this machine), "
       f"accuracies for {n_reused['accuracy']}")
-warn_if_busy(pd.concat(lat_rows, ignore_index=True), "the report")
+_ = busy_note(pd.concat(lat_rows, ignore_index=True), "the report")
 teacher_rows = report[report.family == "teacher"].set_index("quant")
 largest_slice = report[(report.arch == space.largest.short()) & (report.family != "teacher")
                        & (report.quant == "int8")]
-glue_text("report_teacher_fp32_ms", teacher_rows.loc["fp32", "latency_ms"])
-glue_text("report_teacher_int8_ms", teacher_rows.loc["int8", "latency_ms"])
-glue_text("teacher_dev_fp32", teacher_rows.loc["fp32", "dev accuracy (%)"])
-glue_text("teacher_dev_int8", teacher_rows.loc["int8", "dev accuracy (%)"])
-glue_text("largest_slice_dev_int8", largest_slice["dev accuracy (%)"].iloc[0])
+put("report_teacher_fp32_ms", teacher_rows.loc["fp32", "latency_ms"])
+put("report_teacher_int8_ms", teacher_rows.loc["int8", "latency_ms"])
+put("teacher_dev_fp32", teacher_rows.loc["fp32", "dev accuracy (%)"])
+put("teacher_dev_int8", teacher_rows.loc["int8", "dev accuracy (%)"])
+put("largest_slice_dev_int8", largest_slice["dev accuracy (%)"].iloc[0])
 depth_rows = report[report.family == "depth (int8)"][["name", "arch", "latency_ms", "dev accuracy (%)"]]
-glue("depth_baselines", depth_rows.set_index("name").round(2).T, display=False)
-glue("report_table", report.round(2), display=False)
+put("depth_baselines", depth_rows.set_index("name").round(2).T)
+put("report_table", report.round(2))
 report.round(2)
 
 # %%
@@ -538,13 +518,13 @@ margin_fp32 = summary["its dev accuracy (%)"] - summary["fp32 dev accuracy (%)"]
 summary["margin over baseline (points)"] = margin_base
 summary["margin over fp32 search (points)"] = margin_fp32
 bigger = summary["its encoder params (M)"] > summary["fp32 encoder params (M)"]
-glue_text("n_beats_baseline", int((margin_base > 0).sum()))
-glue_text("n_beats_fp32", int((margin_fp32 > 0).sum()))
-glue_text("n_bigger_than_fp32", int(bigger.sum()))
-glue_text("margin_base_min", margin_base.min())
-glue_text("margin_base_max", margin_base.max())
-glue_text("margin_fp32_min", margin_fp32.min())
-glue_text("margin_fp32_max", margin_fp32.max())
-glue("summary_table", summary.set_index("target").round(2).T, display=False)
+put("n_beats_baseline", int((margin_base > 0).sum()))
+put("n_beats_fp32", int((margin_fp32 > 0).sum()))
+put("n_bigger_than_fp32", int(bigger.sum()))
+put("margin_base_min", margin_base.min())
+put("margin_base_max", margin_base.max())
+put("margin_fp32_min", margin_fp32.min())
+put("margin_fp32_max", margin_fp32.max())
+put("summary_table", summary.set_index("target").round(2).T)
 print(f"machine: {measure.machine_summary(machine)}")
 summary.set_index("target").round(2).T

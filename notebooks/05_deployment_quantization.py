@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
-from myst_nb import glue
 
 from ufkit import config, measure, zoo
 from ufkit import quantization as Q
 from ufkit.cache import fingerprint, fingerprint_texts
 from ufkit.data import load_sst2, subset
 from ufkit.measure.machine import has_cpu_flags
+from ufkit.measure.report import busy_note, put
 
 datasets.disable_progress_bar()
 THREADS = config.bench_threads()  # one thread count for PyTorch and ONNX Runtime alike
@@ -59,23 +59,6 @@ machine = measure.machine_info(THREADS)
 store = measure.ResultsStore()  # config.results_dir(): results/ at full size, the smoke cache at smoke size
 
 
-def glue_text(key, value):
-    """Glue a number or a string for the page (plain Python types: numpy's reprs do not format)."""
-    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
-        value = int(value)
-    elif isinstance(value, (np.floating, float)):
-        value = float(value)
-    glue(key, value, display=False)
-
-
-def warn_if_busy(rows, what):
-    """Print a visible warning when a timing row was taken while other processes loaded the machine."""
-    busy = rows["busy"].astype(str).str.lower().eq("true") if "busy" in rows else pd.Series(False, index=rows.index)
-    if busy.any():
-        cores = pd.to_numeric(rows.loc[busy, "other_cores"], errors="coerce").max()
-        print(f"WARNING: {int(busy.sum())} of {len(rows)} timing rows of {what} were measured while other "
-              f"processes took up to {cores:.2f} cores (busy=True): those latencies are not a quiet machine's")
-    return busy
 
 
 INT8_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
@@ -94,16 +77,16 @@ print(f"machine: {measure.machine_summary(machine)} (id {machine['machine_id']})
 print(f"vector and matrix units: {measure.isa_description(machine['cpu_flags'])}")
 print("int8 instructions: " + ", ".join(f"{name}={'yes' if present[f] else 'no'}" for f, name in INT8_FLAGS.items()))
 print(f"the best int8 path this CPU offers: {best_int8}")
-glue_text("machine", measure.machine_summary(machine))
-glue_text("isa", measure.isa_description(machine["cpu_flags"]))
-glue_text("best_int8", best_int8)
-glue_text("int8_flags", ", ".join(f"{name}: {'yes' if present[f] else 'no'}" for f, name in INT8_FLAGS.items()))
-glue_text("threads", THREADS)
+put("machine", measure.machine_summary(machine))
+put("isa", measure.isa_description(machine["cpu_flags"]))
+put("best_int8", best_int8)
+put("int8_flags", ", ".join(f"{name}: {'yes' if present[f] else 'no'}" for f, name in INT8_FLAGS.items()))
+put("threads", THREADS)
 for key, value in {"n_calibration": N_CALIBRATION, "n_holdout": N_HOLDOUT, "n_bench_texts": N_BENCH_TEXTS,
                    "bench_warmup": WARMUP, "bench_iters": ITERS, "max_seconds": MAX_SECONDS, "budget": BUDGET,
                    "strict_budget": STRICT_BUDGET, "speedup_target": SPEEDUP_TARGET,
                    "batch_small": min(BATCH_SIZES), "batch_large": max(BATCH_SIZES)}.items():
-    glue_text(key, value)
+    put(key, value)
 
 # %% [markdown]
 # Whether int8 pays off depends on the instructions above. With VNNI (`avx512_vnni`, `avx_vnni`) a CPU
@@ -136,7 +119,7 @@ model_table = pd.DataFrame({
     "trained on": [measure.machine_summary(i["machine"]) for i in infos.values()],
     "model_id": [fingerprint(p) for p in models.values()],
 }, index=list(models))
-glue_text("n_dev", len(dev))
+put("n_dev", len(dev))
 model_table.round(2)
 
 # %% [markdown]
@@ -168,8 +151,8 @@ for name, out in out_dirs.items():
     variants_ids[name] = hashlib.sha256(json.dumps(prints, sort_keys=True).encode()).hexdigest()[:16]
 fused = Q.variant_info(out_dirs["MiniLM-L6"] / "onnx_optimized").get("fused") or {}
 print("fused by ORT's optimizer (MiniLM-L6):", fused)
-glue_text("fused_attention", int(fused.get("Attention", 0)))
-glue_text("n_layers_l6", teacher.config.num_hidden_layers)
+put("fused_attention", int(fused.get("Attention", 0)))
+put("n_layers_l6", teacher.config.num_hidden_layers)
 pd.DataFrame({"model_id": model_ids, "variants_id": variants_ids})
 
 # %% [markdown]
@@ -203,7 +186,7 @@ for name, out in out_dirs.items():
     parts.append(rows)
 timings = pd.concat(parts, ignore_index=True)
 assert set(timings["machine_id"]) == {machine["machine_id"]}
-warn_if_busy(timings, "the variant benchmark")
+_ = busy_note(timings, "the variant benchmark")
 print(f"timed on {measure.machine_summary(timings.iloc[0].to_dict())}")
 
 # %% [markdown]
@@ -264,8 +247,8 @@ table["accuracy drop"] = table["accuracy (%)"].rsub(
     table["accuracy (%)"].xs("pytorch_fp32", level="variant").reindex(models_of).values)
 table["timed calls b1"] = b1["n_calls"]
 table["busy"] = b1["busy"] if "busy" in b1 else False
-glue("results_l6", table.loc["MiniLM-L6"].rename(index=Q.VARIANTS).round(2), display=False)
-glue("results_l2", table.loc["MiniLM-L2"].rename(index=Q.VARIANTS).round(2), display=False)
+put("results_l6", table.loc["MiniLM-L6"].rename(index=Q.VARIANTS).round(2))
+put("results_l2", table.loc["MiniLM-L2"].rename(index=Q.VARIANTS).round(2))
 table.round(2)
 
 # %% [markdown]
@@ -294,8 +277,8 @@ for mid, part in everything.groupby("machine_id", sort=False):
                      **{f"same files ({m})": s for m, s in zip(out_dirs, same)}}
 by_machine = pd.concat(side, axis=1).reindex(table.index)
 by_machine.columns.name = "latency b1 (ms)"
-glue_text("n_machines", len(labels))
-glue("latency_by_machine", by_machine.round(2), display=False)
+put("n_machines", len(labels))
+put("latency_by_machine", by_machine.round(2))
 display(pd.DataFrame(labels).T)
 by_machine.round(2)
 
@@ -346,8 +329,8 @@ for name, out in out_dirs.items():
                  "latency cost b1 (ms)": auto["latency b1 (ms)"] - full["latency b1 (ms)"],
                  "size cost (MB)": auto["size (MB)"] - full["size (MB)"]})
 safety = pd.DataFrame(rows).set_index("model")
-glue_text("n_models_kept_nothing", int((safety["n kept"] == 0).sum()))
-glue("safety_table", safety.round(2), display=False)
+put("n_models_kept_nothing", int((safety["n kept"] == 0).sum()))
+put("safety_table", safety.round(2))
 safety.round(2)
 
 # %% [markdown]
@@ -368,14 +351,14 @@ strict_timing = pd.concat([
                       n_warmup=WARMUP, n_iters=ITERS, threads=THREADS, size_mb=path.stat().st_size / 1e6)
     for label, path in [("all int8", out / "onnx_int8_dynamic" / Q.ONNX_FILE),
                         ("strict budget", strict_dir / Q.ONNX_FILE)]], ignore_index=True).set_index("name")
-warn_if_busy(strict_timing, "the strict-budget comparison")
+_ = busy_note(strict_timing, "the strict-budget comparison")
 chosen = strict.iloc[-1]
-glue_text("strict_n_kept", int(chosen["n_fp32"]))
+put("strict_n_kept", int(chosen["n_fp32"]))
 kept = chosen["kept_fp32"] if isinstance(chosen["kept_fp32"], list) else [str(chosen["kept_fp32"])]
-glue_text("strict_kept", ", ".join(kept) or "none")
-glue_text("strict_drop", chosen["accuracy_drop"])
-glue_text("strict_all_int8_ms", strict_timing.loc["all int8", "latency_ms_mean"])
-glue_text("strict_cost_ms", strict_timing.loc["strict budget", "latency_ms_mean"]
+put("strict_kept", ", ".join(kept) or "none")
+put("strict_drop", chosen["accuracy_drop"])
+put("strict_all_int8_ms", strict_timing.loc["all int8", "latency_ms_mean"])
+put("strict_cost_ms", strict_timing.loc["strict budget", "latency_ms_mean"]
           - strict_timing.loc["all int8", "latency_ms_mean"])
 strict_timing[["latency_ms_mean", "latency_ms_p50", "size_mb", "busy", "other_cores"]].round(2)
 
@@ -441,37 +424,37 @@ checks.round(2)
 # %%
 L6, L2 = table.loc["MiniLM-L6"], table.loc["MiniLM-L2"]
 target_row = checks.iloc[0]
-glue_text("target_met", "met" if target_row["met"] else "not met")
-glue_text("target_variant", Q.VARIANTS.get(target_row["variant"], target_row["variant"]))
-glue_text("target_speedup", target_row["speed-up b1"])
-glue_text("target_speedup_median", target_row["speed-up b1 (median)"])
-glue_text("target_drop", target_row["accuracy drop"])
-glue_text("l2_net_met", "met" if checks.iloc[1]["met"] else "not met")
-glue_text("l2_net_drop", checks.iloc[1]["accuracy drop"])
-glue("checks_table", checks.set_index("target").round(2), display=False)
+put("target_met", "met" if target_row["met"] else "not met")
+put("target_variant", Q.VARIANTS.get(target_row["variant"], target_row["variant"]))
+put("target_speedup", target_row["speed-up b1"])
+put("target_speedup_median", target_row["speed-up b1 (median)"])
+put("target_drop", target_row["accuracy drop"])
+put("l2_net_met", "met" if checks.iloc[1]["met"] else "not met")
+put("l2_net_drop", checks.iloc[1]["accuracy drop"])
+put("checks_table", checks.set_index("target").round(2))
 tp = f"throughput b{max(BATCH_SIZES)} (seq/s)"
 int8_l6 = L6.loc[[v for v in L6.index if v.startswith("onnx_int8")]]
-glue_text("ort_fp32_speedup", L6.loc["onnx_fp32", "speed-up b1"])
-glue_text("ort_int8_over_fp32", L6.loc["onnx_fp32", "latency b1 (ms)"] / int8_l6["latency b1 (ms)"].min())
-glue_text("tp_pytorch", L6.loc["pytorch_fp32", tp])
-glue_text("tp_onnx_fp32", L6.loc["onnx_fp32", tp])
-glue_text("tp_int8_gain", int8_l6[tp].max() / L6.loc["pytorch_fp32", tp])
-glue_text("torchao_speedup", L6.loc["torchao_int8", "speed-up b1"])
-glue_text("torchao_drop", L6.loc["torchao_int8", "accuracy drop"])
+put("ort_fp32_speedup", L6.loc["onnx_fp32", "speed-up b1"])
+put("ort_int8_over_fp32", L6.loc["onnx_fp32", "latency b1 (ms)"] / int8_l6["latency b1 (ms)"].min())
+put("tp_pytorch", L6.loc["pytorch_fp32", tp])
+put("tp_onnx_fp32", L6.loc["onnx_fp32", tp])
+put("tp_int8_gain", int8_l6[tp].max() / L6.loc["pytorch_fp32", tp])
+put("torchao_speedup", L6.loc["torchao_int8", "speed-up b1"])
+put("torchao_drop", L6.loc["torchao_int8", "accuracy drop"])
 compiled = Q.COMPILED in L6.index
-glue_text("torchao_compiled", (f"under torch.compile it ran at {L6.loc[Q.COMPILED, 'speed-up b1']:.2f} times fp32's "
+put("torchao_compiled", (f"under torch.compile it ran at {L6.loc[Q.COMPILED, 'speed-up b1']:.2f} times fp32's "
                                f"speed, after {float(b1.loc[('MiniLM-L6', Q.COMPILED), 'compile_s']):.0f} s of "
                                "compilation" if compiled else "torch.compile was not timed in this run"))
-glue_text("optimized_ms", L6.loc["onnx_optimized", "latency b1 (ms)"])
-glue_text("onnx_fp32_ms", L6.loc["onnx_fp32", "latency b1 (ms)"])
-glue_text("static_speedup", L6.loc["onnx_int8_static", "speed-up b1"])
-glue_text("static_drop", L6.loc["onnx_int8_static", "accuracy drop"])
-glue_text("dynamic_speedup", L6.loc["onnx_int8_dynamic", "speed-up b1"])
-glue_text("dynamic_drop", L6.loc["onnx_int8_dynamic", "accuracy drop"])
-glue_text("per_channel_speedup", L6.loc["onnx_int8_dynamic_per_channel", "speed-up b1"])
-glue_text("per_channel_drop", L6.loc["onnx_int8_dynamic_per_channel", "accuracy drop"])
-glue_text("l2_fp32_acc", L2.loc["pytorch_fp32", "accuracy (%)"])
-glue_text("l2_dynamic_drop", L2.loc["onnx_int8_dynamic", "accuracy drop"])
-glue_text("l2_per_channel_drop", L2.loc["onnx_int8_dynamic_per_channel", "accuracy drop"])
-glue_text("worst_int8_drop", table.loc[[k for k in table.index if "int8" in k[1]], "accuracy drop"].max())
-glue_text("n_busy_rows", int(timings["busy"].astype(str).str.lower().eq("true").sum()) if "busy" in timings else 0)
+put("optimized_ms", L6.loc["onnx_optimized", "latency b1 (ms)"])
+put("onnx_fp32_ms", L6.loc["onnx_fp32", "latency b1 (ms)"])
+put("static_speedup", L6.loc["onnx_int8_static", "speed-up b1"])
+put("static_drop", L6.loc["onnx_int8_static", "accuracy drop"])
+put("dynamic_speedup", L6.loc["onnx_int8_dynamic", "speed-up b1"])
+put("dynamic_drop", L6.loc["onnx_int8_dynamic", "accuracy drop"])
+put("per_channel_speedup", L6.loc["onnx_int8_dynamic_per_channel", "speed-up b1"])
+put("per_channel_drop", L6.loc["onnx_int8_dynamic_per_channel", "accuracy drop"])
+put("l2_fp32_acc", L2.loc["pytorch_fp32", "accuracy (%)"])
+put("l2_dynamic_drop", L2.loc["onnx_int8_dynamic", "accuracy drop"])
+put("l2_per_channel_drop", L2.loc["onnx_int8_dynamic_per_channel", "accuracy drop"])
+put("worst_int8_drop", table.loc[[k for k in table.index if "int8" in k[1]], "accuracy drop"].max())
+put("n_busy_rows", int(timings["busy"].astype(str).str.lower().eq("true").sum()) if "busy" in timings else 0)

@@ -198,8 +198,8 @@ def test_number_check_skips_glue_cite_code_and_math(tmp_path):
 # {glue}`key`, {glue:text}`path::key:fmt`, ... and the directives ```{glue} key``` / ```{glue:figure} key```.
 _GLUE_ROLE = re.compile(r"\{glue(?::(\w+))?\}`([^`]+)`")
 _GLUE_DIRECTIVE = re.compile(r"^\s*(?:#\s*)?(?:`{3,}|:{3,})\{glue(?::(\w+))?\}\s+(\S+)")
-# glue("key", ...) and wrappers named like it (glue_text("key", ...)); f-string keys become patterns.
-_GLUE_CALL = re.compile(r"""\b\w*glue\w*\(\s*(f?)(["'])(.+?)\2""")
+# glue("key", ...), wrappers named like it, and ufkit.measure.report.put("key", ...); f-string keys become patterns.
+_GLUE_CALL = re.compile(r"""\b(?:\w*glue\w*|put)\(\s*(f?)(["'])(.+?)\2""")
 _STRING = re.compile(r"""(?<![\w"'])(["'])([\w.-]+)\1""")
 
 
