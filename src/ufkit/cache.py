@@ -23,7 +23,8 @@ MODEL_FILES = ("config.json", "*.safetensors", "*.onnx", "*.onnx.data", "tokeniz
                "vocab.txt", "special_tokens_map.json", "*_config.json")
 
 
-def _json_default(value):
+def json_default(value):
+    """``json.dumps``'s ``default``: numpy scalars as numbers, anything else as its string."""
     return value.item() if hasattr(value, "item") else str(value)
 
 
@@ -48,6 +49,11 @@ def fingerprint(path: str | os.PathLike, patterns: Iterable[str] = MODEL_FILES) 
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def fingerprint_source(name_or_path: str | os.PathLike) -> str:
+    """:func:`fingerprint` of a local model folder, or the hub id itself for a model that is not local."""
+    return fingerprint(name_or_path) if Path(name_or_path).is_dir() else str(name_or_path)
 
 
 def fingerprint_model(model) -> str:
@@ -82,7 +88,7 @@ def read_info(path: str | os.PathLike) -> dict | None:
 def is_current(path: str | os.PathLike, recipe: dict) -> bool:
     """True when ``path`` holds a complete cached result made from ``recipe``."""
     info = read_info(path)
-    return info is not None and info.get("recipe") == json.loads(json.dumps(recipe, default=_json_default))
+    return info is not None and info.get("recipe") == json.loads(json.dumps(recipe, default=json_default))
 
 
 def load_or_make(path: str | os.PathLike, recipe: dict, make: Callable[[], tuple[Any, dict]], *,
@@ -115,7 +121,7 @@ def load_or_make(path: str | os.PathLike, recipe: dict, make: Callable[[], tuple
     obj, made = make()
     info = {"recipe": recipe, **made, "machine": machine_info(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    text = json.dumps(info, indent=2, default=_json_default)
+    text = json.dumps(info, indent=2, default=json_default)
     try:
         from accelerate import PartialState
 

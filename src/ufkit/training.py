@@ -278,7 +278,7 @@ def load_or_finetune(output_dir: str | Path, *, model_name: str | None = None, t
         ``(model, tokenizer, info)``; ``info`` holds the recipe, the steps, ``train_seconds``, the loss history
         and the machine it was trained on.
     """
-    from .cache import fingerprint, fingerprint_texts, load_or_make
+    from .cache import fingerprint_source, fingerprint_texts, load_or_make
     from .data import load_sst2, subset, tokenize
     from .models import load_model, resolve_model, save_model
 
@@ -289,7 +289,7 @@ def load_or_finetune(output_dir: str | Path, *, model_name: str | None = None, t
     source = resolve_model(model_name)
     recipe = {"config": cfg.recipe(), "n_train_requested": n_train, "n_train": len(train),
               "model_name": model_name or "sentence-transformers/all-MiniLM-L6-v2 (packaged)",
-              "model_id": fingerprint(source) if Path(source).is_dir() else source,
+              "model_id": fingerprint_source(source),
               "data_id": fingerprint_texts(train["text"], train["label"]), "label_names": list(task.label_names)}
 
     def make():

@@ -58,9 +58,8 @@ def make_fitness(supernet, tokenizer, dataset, *, quant: str = "int8", batch_siz
     Raises:
         NasError: an unknown ``quant`` or an unlabeled dataset.
     """
-    import torch
-
     from ..data import tokenize
+    from ..measure.timing import num_threads
     from ..quantization.torch_int8 import quantize_int8
 
     if quant not in ("fp32", "int8"):
@@ -70,16 +69,11 @@ def make_fitness(supernet, tokenizer, dataset, *, quant: str = "int8", batch_siz
         raise NasError("the fitness needs labeled sentences (found none, or label -1)")
 
     def fitness(arch: ArchConfig) -> float:
-        old = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
-        try:
+        with num_threads(threads or None):
             model = supernet.extract(arch)
             if quant == "int8":
                 model = quantize_int8(model)
             return accuracy(model, tokenizer, tok, batch_size=batch_size)
-        finally:
-            torch.set_num_threads(old)
 
     return fitness
 

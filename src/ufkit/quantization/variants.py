@@ -44,7 +44,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..cache import fingerprint
+from ..cache import fingerprint_source, json_default
+from ..measure.inputs import model_size_mb
 from ..measure.timing import num_threads
 from .auto import _logits, _tokenized, auto_quantize
 from .common import COMPILED, MARKER, ONNX_FILE, VARIANTS, QuantizeError
@@ -105,16 +106,8 @@ def _atomic_variant(out: Path, name: str, info: dict):
     with atomic_folder(out / name) as tmp:
         yield tmp
         marker = {"variant": name, "description": VARIANTS.get(name, name), **info,
-                  "size_mb": _folder_mb(tmp), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2, default=_json_default))
-
-
-def _json_default(value):
-    return value.item() if hasattr(value, "item") else str(value)  # numpy scalars as numbers
-
-
-def _folder_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 1e6
+                  "size_mb": model_size_mb(path=tmp), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, default=json_default))
 
 
 def list_variants(folder: str | os.PathLike) -> list[str]:
@@ -145,11 +138,6 @@ def variant_info(path: str | os.PathLike) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------------
 # the whole pipeline
-
-
-def _model_id(source: str) -> str:
-    """The content fingerprint of a local model folder (:func:`ufkit.cache.fingerprint`), else the hub id."""
-    return fingerprint(source) if Path(source).is_dir() else source
 
 
 def _is_current(path: Path, recipe: dict) -> bool:
@@ -221,7 +209,7 @@ def quantize(model: str | os.PathLike | None, output: str | os.PathLike, *, vari
         needs |= {"onnx_optimized", "onnx_fp32"}
     if "onnx_optimized" in needs:
         needs.add("onnx_fp32")
-    recipe = {"model_id": _model_id(source), "budget": budget,
+    recipe = {"model_id": fingerprint_source(source), "budget": budget,
               "n_calibration": len(calibration_texts or []), "n_validation": None if validation is None else
               len(validation)}
     todo = [v for v in VARIANTS if v in needs and not (skip_existing and _is_current(out / v, recipe))]
@@ -266,7 +254,7 @@ def quantize(model: str | os.PathLike | None, output: str | os.PathLike, *, vari
                     report.to_csv(tmp / "fallback_search.csv", index=False)
                     report.attrs["sensitivity"].to_csv(tmp / "sensitivity.csv", index=False)
             info["seconds"] = time.perf_counter() - t0
-        rows.append({"variant": name, "description": VARIANTS[name], "size_mb": _folder_mb(out / name),
+        rows.append({"variant": name, "description": VARIANTS[name], "size_mb": model_size_mb(path=out / name),
                      "seconds": info["seconds"], "path": str(out / name)})
     return pd.DataFrame(rows, columns=["variant", "description", "size_mb", "seconds", "path"])
 
