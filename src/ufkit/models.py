@@ -89,6 +89,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, num_labels: int
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from . import structure  # noqa: F401  (registers pruned-BERT checkpoints with the Auto classes)
+
     if num_labels is not None and num_labels < 2:
         raise ModelError(f"num_labels must be at least 2, got {num_labels}")
     if label_names is not None and num_labels is not None and len(label_names) != num_labels:

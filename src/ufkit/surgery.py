@@ -1,6 +1,8 @@
 """Model surgery on BERT-family layouts: changes of structure that keep (or deliberately cut) what a model computes.
 
-* :func:`truncate_layers` keeps the first layers (chapter 5's small model; layer dropping in compression);
+* :func:`truncate_layers` keeps the first layers (chapter 5's small model);
+* :func:`keep_layers` keeps any subset of layers and :func:`layers_to_keep` names the subsets of layer dropping
+  (students initialised from a teacher's layers, "Poor Man's BERT");
 * :func:`rewire` reorders heads, feedforward neurons and hidden dimensions by importance, a permutation that does
   not change the function but decides what a slice or a pruned model keeps (chapter 4's super-model).
 """
@@ -34,6 +36,75 @@ def truncate_layers(model, num_hidden_layers: int):
         raise ModelError(f"num_hidden_layers must be an integer in [1, {len(layers)}], got {num_hidden_layers!r}")
     del layers[num_hidden_layers:]
     model.config.num_hidden_layers = num_hidden_layers
+    return model
+
+
+#: layer-dropping strategies of Sajjad et al. ("On the Effect of Dropping Layers of Pre-trained Transformer
+#: Models", Computer Speech & Language 2023; "Poor Man's BERT")
+DROP_STRATEGIES = ("top", "bottom", "alternate", "symmetric")
+
+
+def layers_to_keep(num_hidden_layers: int, n_drop: int, strategy: str = "top") -> list[int]:
+    """Indices of the layers that stay when ``n_drop`` of ``num_hidden_layers`` are dropped (Sajjad et al.).
+
+    * ``top``: drop the last ``n_drop`` layers (the paper's best strategy on GLUE);
+    * ``bottom``: drop the first ``n_drop``;
+    * ``alternate``: drop every other layer from the top (5, 3, 1, ... for 6 layers), then more from the top;
+    * ``symmetric``: keep the bottom and top layers and drop from the middle outwards.
+
+    Returns:
+        sorted indices, ``num_hidden_layers - n_drop`` of them.
+
+    Raises:
+        ModelError: an unknown strategy, or ``n_drop`` not in ``[0, num_hidden_layers)``.
+    """
+    if strategy not in DROP_STRATEGIES:
+        raise ModelError(f"strategy must be one of {', '.join(DROP_STRATEGIES)}, got {strategy!r}")
+    if not isinstance(n_drop, int) or not 0 <= n_drop < num_hidden_layers:
+        raise ModelError(f"n_drop must be an integer in [0, {num_hidden_layers - 1}] for a "
+                         f"{num_hidden_layers}-layer model, got {n_drop!r}")
+    n = num_hidden_layers
+    if strategy == "top":
+        drop = list(range(n - n_drop, n))
+    elif strategy == "bottom":
+        drop = list(range(n_drop))
+    elif strategy == "alternate":
+        order = list(range(n - 1, -1, -2)) + [i for i in range(n - 1, -1, -1) if (n - 1 - i) % 2]
+        drop = order[:n_drop]
+    else:
+        mid = (n - 1) / 2
+        order = sorted(range(n), key=lambda i: (abs(i - mid), -i))
+        drop = order[:n_drop]
+    return sorted(set(range(n)) - set(drop))
+
+
+def keep_layers(model, indices):
+    """Keep only the transformer layers ``indices`` (in that order) of a BERT-family model, in place.
+
+    The kept layers keep their weights; embeddings, pooler and head are unchanged and ``config.num_hidden_layers``
+    is updated, so the result saves and loads as a shallower model of the same class. A student initialised
+    from a teacher's layers {0, 2, 4} is ``keep_layers(copy.deepcopy(teacher), [0, 2, 4])``.
+
+    Raises:
+        ModelError: no ``encoder.layer`` list, an empty or repeated index list, or an index out of range.
+    """
+    encoder = getattr(getattr(model, "base_model", model), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise ModelError(f"{type(model).__name__} has no encoder.layer list")
+    idx = [int(i) for i in indices]
+    if not idx or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= len(layers):
+        raise ModelError(f"layer indices must be distinct and in [0, {len(layers)}), got {list(indices)}")
+    kept = [layers[i] for i in idx]
+    encoder.layer = nn.ModuleList(kept)
+    for new, layer in enumerate(kept):  # attention caches index layers by position
+        for m in layer.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = new
+    model.config.num_hidden_layers = len(kept)
+    structure = getattr(model.config, "ufkit_structure", None)
+    if structure:
+        model.config.ufkit_structure = {k: [v[i] for i in idx] for k, v in structure.items()}
     return model
 
 

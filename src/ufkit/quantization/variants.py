@@ -151,6 +151,7 @@ def _save_torchao(source: str, out: Path) -> dict:
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TorchAoConfig
 
+    from .. import structure  # noqa: F401  (pruned checkpoints load through the Auto classes)
     from ..models import _quiet_transformers
 
     with _quiet_transformers(), warnings.catch_warnings():
@@ -276,6 +277,7 @@ def load_variant(path: str | os.PathLike, *, threads: int | None = None, compile
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from .. import structure  # noqa: F401  (pruned checkpoints load through the Auto classes)
     from ..models import _quiet_transformers
 
     path = Path(path)
