@@ -41,9 +41,14 @@ def default_model_path() -> Path:
 def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     """The folder or hub id to load: the packaged MiniLM for None/"default"/its hub id, else the argument.
 
+    Importing ufkit's model classes here (:mod:`ufkit.structure`) lets every loader that resolves a model read
+    pruned checkpoints through transformers' Auto classes.
+
     Raises:
         ModelError: a path-like argument (starts with ``.``, ``/`` or ``~``) that does not exist.
     """
+    from . import structure  # noqa: F401  (registers model_type "ufkit_pruned_bert")
+
     if name_or_path is None or str(name_or_path) in ("default", DEFAULT_MODEL_ID, "all-MiniLM-L6-v2"):
         return str(default_model_path())
     path = Path(name_or_path).expanduser()

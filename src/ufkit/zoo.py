@@ -96,3 +96,41 @@ def load_small_classifier(num_hidden_layers: int = 2, holdout: int = 2000, n_tra
     return model, tokenizer, info, split["test"]
 
 
+
+
+def teacher_logits(teacher, tokenizer, texts, *, name: str, batch_size: int = 64, max_length: int = 128):
+    """The teacher's logits for ``texts``, computed once and cached: the soft labels of distillation.
+
+    Several students distil from the same teacher on the same sentences; one pass of the teacher (a minute or two
+    over SST-2's 67k training sentences) serves them all. Cached in ``cache_dir() / f"teacher-logits-{name}"``
+    (safetensors), reused only for the same teacher weights and the same texts.
+
+    Args:
+        teacher: a sequence classifier (eval mode).
+        texts: the sentences, in the order of the rows the students train on.
+        name: a short name for the cache folder (e.g. ``"sst2-train"``).
+
+    Returns:
+        `torch.FloatTensor` of shape ``(len(texts), num_labels)``, in the order of ``texts``.
+    """
+    import torch
+    from datasets import Dataset
+    from safetensors.torch import load_file, save_file
+
+    from . import config
+    from .cache import fingerprint_model, fingerprint_texts, load_or_make
+    from .data import tokenize
+    from .evaluate import predict_logits
+
+    texts = list(texts)
+    recipe = {"teacher_id": fingerprint_model(teacher), "texts_id": fingerprint_texts(texts),
+              "max_length": max_length}
+
+    def make():
+        ds = tokenize(Dataset.from_dict({"text": texts}), tokenizer, max_length)
+        return torch.from_numpy(predict_logits(teacher, ds, tokenizer, batch_size)), {"n": len(texts)}
+
+    logits, _ = load_or_make(config.cache_dir() / f"teacher-logits-{name}", recipe, make,
+                             save=lambda t, folder: save_file({"logits": t.contiguous()}, folder / "logits.safetensors"),
+                             load=lambda folder: load_file(folder / "logits.safetensors")["logits"])
+    return logits

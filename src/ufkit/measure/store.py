@@ -128,12 +128,14 @@ class ResultsStore:
         return len(df) - len(keep)
 
     def load_or_measure(self, table: str, measure: Callable[[], pd.DataFrame], *, remeasure: bool = False,
-                        **key) -> pd.DataFrame:
+                        reuse_busy: bool = True, **key) -> pd.DataFrame:
         """This machine's rows of ``table`` whose ``key`` columns match, else ``measure()``'s rows, appended.
 
         Args:
             measure: makes the rows (it is called only on a miss); ``key`` columns are added to them.
             remeasure: measure even when matching rows exist (the old rows are dropped first).
+            reuse_busy: False measures again when a matching row was timed while other processes loaded the
+                machine (``busy``), e.g. when a chapter's models were trained beside other work.
             key: what the rows must match besides the machine: the model's fingerprint (``model_id``), the
                 settings of the run. A row measured on another machine, or for other model files, never matches.
 
@@ -142,9 +144,11 @@ class ResultsStore:
         """
         if not remeasure:
             hit = self.read(table, machine="current", **key)
-            if not hit.empty:
+            busy = "busy" in hit.columns and hit["busy"].astype(str).str.lower().eq("true").any()
+            if not hit.empty and (reuse_busy or not busy):
                 return hit
-        else:
+            remeasure = not hit.empty
+        if remeasure:
             self.drop(table, machine="current", **key)
         from ..progress import announce
 
