@@ -533,24 +533,35 @@ class LengthBucketBatchSampler:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
-def make_dataloader(tokenized, tokenizer, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0):
+def make_dataloader(tokenized, tokenizer, batch_size: int = 32, *, shuffle: bool = False, seed: int = 0,
+                    extra_columns: Sequence[str] = ()):
     """A DataLoader of dynamically padded, length-bucketed batches.
 
     Args:
         tokenized (`datasets.Dataset`): output of :func:`tokenize`.
         shuffle: True for training (random bucketed order), False for evaluation (sorted by length; use
             ``loader.batch_sampler`` to map rows back, or :func:`ufkit.evaluate.predict_logits`, which does).
+        extra_columns: further columns of one number per row to pass through, each a tensor of shape
+            ``(batch_size,)`` under its own name (e.g. a row index that finds precomputed teacher logits).
 
     Returns:
         `torch.utils.data.DataLoader` yielding dicts of ``input_ids``, ``attention_mask``,
-        (``token_type_ids``) of shape ``(batch_size, longest_in_batch)`` and ``labels`` of shape ``(batch_size,)``.
+        (``token_type_ids``) of shape ``(batch_size, longest_in_batch)``, ``labels`` of shape ``(batch_size,)``
+        and the ``extra_columns``.
+
+    Raises:
+        DataError: a bad ``batch_size``, or an extra column that ``tokenized`` lacks.
     """
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    missing = [c for c in extra_columns if c not in tokenized.column_names]
+    if missing:
+        raise DataError(f"extra_columns {missing} not found; columns are {tokenized.column_names}")
     keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in tokenized.column_names]
+    keep += [c for c in extra_columns if c not in keep]
     ds = tokenized.select_columns(keep).with_format("python")
     lengths = [len(x) for x in ds["input_ids"]]
     sampler = LengthBucketBatchSampler(lengths, batch_size, shuffle=shuffle, seed=seed)
