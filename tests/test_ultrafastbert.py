@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 import ufkit.ultrafastbert as ufb
+from ufkit import config
 from ufkit.fff import kernels
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "ultrafastbert-tiny"
@@ -233,6 +234,17 @@ def test_default_config_is_1x11_long():
     assert ufb.HUB_CHECKPOINT == "pbelcak/UltraFastBERT-1x11-long"
 
 
+def test_real_size_matches_the_released_model():
+    """1x11-long built on the meta device: the original's 164,460,531 classification parameters (logged when
+    fine-tuning from the hub checkpoint) and its masked-LM checkpoint's 167 tensors."""
+    with torch.device("meta"):
+        cls_model = ufb.CrammedBertForSequenceClassification(ufb.CrammedBertConfig())
+        mlm = ufb.CrammedBertForMaskedLM(ufb.CrammedBertConfig())
+    assert sum(p.numel() for p in cls_model.parameters()) == 164_460_531
+    assert len(mlm.state_dict()) == 167
+    assert mlm.encoder.layers[0].ffn.width == 4095
+
+
 def tiny_config(**arch) -> ufb.CrammedBertConfig:
     base = {"hidden_size": 32, "embedding": {"embedding_dim": 32, "vocab_size": 50, "max_seq_length": 12},
             "attention": {"num_attention_heads": 4}, "num_transformer_layers": 2, "intermed_depth": 2,
@@ -305,3 +317,92 @@ def test_unsupported_arch_names_the_entry(path, value):
     _set(config.arch, path, value)
     with pytest.raises(ufb.UltraFastBertConfigError, match=path.replace(".", r"\.")):
         ufb.CrammedBertModel(config)
+
+
+# ---- the registered op: torch.ops.ufkit.fff ------------------------------------------------------------------
+
+
+def fff_case(dtype, depth=2, n_trees=2, h_in=5, h_out=3, lead=(3, 4), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    width = n_trees * (2 ** (depth + 1) - 1)
+    x = torch.randn(*lead, h_in, generator=g, dtype=dtype)
+    w_in = torch.randn(width, h_in, generator=g, dtype=dtype)
+    b_in = torch.randn(width, generator=g, dtype=dtype)
+    w_out = torch.randn(h_out, width, generator=g, dtype=dtype)
+    return x, w_in, b_in, w_out
+
+
+def test_op_is_registered_and_matches_reference():
+    from ufkit.fff import fff_reference
+    x, w_in, b_in, w_out = fff_case(torch.float32)
+    y, route = torch.ops.ufkit.fff(x, w_in, b_in, w_out, 2, 2, "auto")
+    assert y.shape == (3, 4, 3) and route.shape == (3, 4, 6) and route.dtype == torch.int32
+    assert maxdiff(y, fff_reference(x, w_in, b_in, w_out, 2, 2)) <= TOL
+    with pytest.raises(ValueError, match="w_in"):
+        torch.ops.ufkit.fff(x, w_in[:-1], b_in, w_out, 2, 2, "auto")
+
+
+@pytest.mark.parametrize("dtype,backend", [(torch.float32, "auto"), (torch.float32, "native"),
+                                           (torch.float64, "torch_gather")])
+def test_opcheck(dtype, backend):
+    from ufkit.ultrafastbert.ops import fff
+    if backend == "native":
+        try:
+            kernels.load_extension("native")
+        except RuntimeError as exc:
+            pytest.skip(str(exc))
+    x, w_in, b_in, w_out = fff_case(dtype, lead=(7,))
+    torch.library.opcheck(fff, (x, w_in, b_in, w_out, 2, 2, backend))
+    grads = [t.clone().requires_grad_(True) for t in (x, w_in, b_in, w_out)]
+    torch.library.opcheck(fff, (*grads, 2, 2, backend))
+
+
+def test_gradcheck_float64_training_form_and_op():
+    """The training form (what train() runs) and the op's autograd formula, in float64; both the same gradients."""
+    from ufkit.fff import fff_training_form
+    from ufkit.ultrafastbert.ops import fff
+    args = tuple(t.requires_grad_(True) for t in fff_case(torch.float64))
+    assert torch.autograd.gradcheck(lambda *a: fff_training_form(*a, 2, 2), args)
+    # w_out is cloned per call: the kernels cache its transpose keyed by tensor and version counter, and gradcheck
+    # perturbs the input's storage through .data, which that counter does not see
+    assert torch.autograd.gradcheck(lambda x, wi, bi, wo: fff(x, wi, bi, wo.clone(), 2, 2, "auto")[0], args)
+    g_train = torch.autograd.grad(fff_training_form(*args, 2, 2).square().sum(), args)
+    g_op = torch.autograd.grad(fff(*args, 2, 2, "auto")[0].square().sum(), args)
+    for a, b in zip(g_train, g_op):
+        assert maxdiff(a, b) <= 1e-12
+
+
+@needs_fixture
+def test_eval_form_has_the_training_form_gradients(inputs):
+    input_ids, attention_mask = inputs
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    grads = {}
+    for mode in ("eval", "train"):
+        model = AutoModelForMaskedLM.from_pretrained(FIXTURE, config=no_dropout(FIXTURE))
+        set_mode(model, mode)(input_ids, attention_mask, labels=labels).loss.backward()
+        ffn = model.encoder.layers[0].ffn
+        grads[mode] = [ffn.linear_in.weight.grad, ffn.linear_in.bias.grad, ffn.linear_out.weight.grad,
+                       model.encoder.embedding.word_embedding.weight.grad]
+    for a, b in zip(grads["eval"], grads["train"]):
+        assert maxdiff(a, b) <= TOL
+
+
+@needs_fixture
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph_reproduces_fixture(backend, expected, inputs):
+    """fullgraph=True: no graph break anywhere (the FFF op is traced through its fake kernel). aot_eager checks the
+    capture in seconds; inductor adds its C++ code generation (30-60 s cold on two cores), so it runs at full size."""
+    if backend == "inductor":
+        if config.is_smoke():
+            pytest.skip("inductor's C++ compile takes 30-60 s cold; runs at full size (UFKIT_SMOKE unset)")
+        if shutil.which("c++") is None and shutil.which("g++") is None:
+            pytest.skip("no C++ compiler for inductor")
+    input_ids, attention_mask = inputs
+    model = AutoModelForMaskedLM.from_pretrained(FIXTURE).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    with torch.no_grad():
+        out = compiled(input_ids, attention_mask, output_fff_nodes=True)
+    assert maxdiff(out.logits, expected["mlm_logits"]) <= TOL
+    for i, nodes in enumerate(out.fff_visited_nodes):
+        assert torch.equal(nodes, expected[f"fff_layer{i}_visited_nodes"])

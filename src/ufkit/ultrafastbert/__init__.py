@@ -14,7 +14,9 @@ recipe works with ``import ufkit.ultrafastbert`` in place of ``import cramming``
 * :mod:`ufkit.ultrafastbert.configuration`: :class:`CrammedBertConfig` (the original nested ``arch`` config);
 * :mod:`ufkit.ultrafastbert.modeling`: :class:`CrammedBertModel`, :class:`CrammedBertForMaskedLM`,
   :class:`CrammedBertForSequenceClassification`; FFF layers from :mod:`ufkit.fff` (training form in ``train()``,
-  compiled kernels in ``eval()``).
+  compiled kernels in ``eval()``);
+* :mod:`ufkit.ultrafastbert.ops`: the FFF inference form as the ``torch.library`` op ``torch.ops.ufkit.fff`` (fake
+  kernel and autograd formula), which ``eval()`` runs, so ``torch.compile(model, fullgraph=True)`` works.
 """
 
 from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining,

@@ -19,7 +19,8 @@ Parameter names are the original ``state_dict`` names (``encoder.embedding.word_
 
 In ``train()`` mode every FFF layer runs the training form of the paper (dense pre-activations masked to the visited
 nodes, differentiable); in ``eval()`` mode the inference form through ufkit's compiled kernels
-(:func:`ufkit.fff.kernels.fff_forward`, ``backend="auto"``), which touches only the visited neurons.
+(:func:`ufkit.fff.kernels.fff_forward`, ``backend="auto"``), which touches only the visited neurons, registered as the
+op ``torch.ops.ufkit.fff`` (:mod:`ufkit.ultrafastbert.ops`) so that ``torch.compile(model, fullgraph=True)`` traces it.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
 from .. import UfkitError
-from ..fff import FFF, fff_forward, fff_route, fff_training_form
+from ..fff import FFF, fff_route, fff_training_form
 from .configuration import CrammedBertConfig, check_supported
+from .ops import fff as fff_op
 
 __all__ = [
     "UltraFastBertCheckpointError",
@@ -156,8 +158,9 @@ class CrammedFFF(FFF):
     ``forward(hidden_states, output_nodes=False)`` takes `(..., H)` and returns `(..., H)`, or with
     ``output_nodes=True`` a pair with the visited nodes, `torch.LongTensor` of shape `(..., n_trees, depth + 1)`,
     root first, heap numbering inside each tree (root 0, children of n are 2n+1 and 2n+2). ``train()``: the masked
-    training form; ``eval()``: the compiled inference form (``backend``, default ``"auto"``), whose own routing
-    gives the nodes.
+    training form; ``eval()``: the compiled inference form (``backend``, default ``"auto"``) through the registered op
+    ``torch.ops.ufkit.fff`` (:mod:`ufkit.ultrafastbert.ops`: traceable by ``torch.compile``, and differentiable with
+    the training form's gradients), whose own routing gives the nodes.
     """
 
     def forward(self, hidden_states: torch.Tensor, output_nodes: bool = False):
@@ -168,11 +171,9 @@ class CrammedFFF(FFF):
                 return y
             route = fff_route(hidden_states.detach(), w_in.detach(), b_in.detach(), self.depth, self.n_trees)
             return y, self.local_nodes(route.flatten(-2))  # (..., K, D+1) global -> per tree
-        with torch.no_grad():
-            if not output_nodes:
-                return fff_forward(hidden_states, w_in, b_in, w_out, self.depth, self.n_trees, backend=self.backend)
-            y, route = fff_forward(hidden_states, w_in, b_in, w_out, self.depth, self.n_trees, backend=self.backend,
-                                   return_route=True)  # route: (..., K*(D+1)) global node indices
+        y, route = fff_op(hidden_states, w_in, b_in, w_out, self.depth, self.n_trees, self.backend)
+        if not output_nodes:
+            return y
         return y, self.local_nodes(route)
 
     def local_nodes(self, route: torch.Tensor) -> torch.Tensor:
