@@ -1,0 +1,56 @@
+"""UltraFastBERT: crammedBERT with fast feedforward layers, as Hugging Face models that load the original checkpoints.
+
+Belcak & Wattenhofer, "Exponentially Faster Language Modelling", 2023, arXiv:2311.10770; the model is crammedBERT
+(Geiping & Goldstein, "Cramming: Training a Language Model on a Single GPU in One Day", ICML 2023).
+
+Importing this package registers ``model_type`` ``"crammedBERT"`` with ``AutoConfig``, ``AutoModel``,
+``AutoModelForMaskedLM``, ``AutoModelForPreTraining`` and ``AutoModelForSequenceClassification``, so the original
+recipe works with ``import ufkit.ultrafastbert`` in place of ``import cramming``::
+
+    import ufkit.ultrafastbert  # noqa: F401
+    from transformers import AutoModelForMaskedLM
+    model = AutoModelForMaskedLM.from_pretrained("pbelcak/UltraFastBERT-1x11-long").eval()
+
+* :mod:`ufkit.ultrafastbert.configuration`: :class:`CrammedBertConfig` (the original nested ``arch`` config);
+* :mod:`ufkit.ultrafastbert.modeling`: :class:`CrammedBertModel`, :class:`CrammedBertForMaskedLM`,
+  :class:`CrammedBertForSequenceClassification`; FFF layers from :mod:`ufkit.fff` (training form in ``train()``,
+  compiled kernels in ``eval()``);
+* :mod:`ufkit.ultrafastbert.ops`: the FFF inference form as the ``torch.library`` op ``torch.ops.ufkit.fff`` (fake
+  kernel and autograd formula), which ``eval()`` runs, so ``torch.compile(model, fullgraph=True)`` works.
+"""
+
+from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining,
+                          AutoModelForSequenceClassification)
+
+from .configuration import DEFAULT_ARCH, CrammedBertConfig, UltraFastBertConfigError, check_supported
+from .modeling import (CrammedBertForMaskedLM, CrammedBertForSequenceClassification, CrammedBertMaskedLMOutput,
+                       CrammedBertModel, CrammedBertModelOutput, CrammedBertPreTrainedModel,
+                       CrammedBertSequenceClassifierOutput, CrammedFFF, UltraFastBertCheckpointError,
+                       sinusoidal_positions)
+
+#: the hub checkpoint of the paper (16 layers, hidden 768, one FFF tree of depth 11)
+HUB_CHECKPOINT = "pbelcak/UltraFastBERT-1x11-long"
+
+AutoConfig.register(CrammedBertConfig.model_type, CrammedBertConfig, exist_ok=True)
+AutoModel.register(CrammedBertConfig, CrammedBertModel, exist_ok=True)
+AutoModelForMaskedLM.register(CrammedBertConfig, CrammedBertForMaskedLM, exist_ok=True)
+AutoModelForPreTraining.register(CrammedBertConfig, CrammedBertForMaskedLM, exist_ok=True)
+AutoModelForSequenceClassification.register(CrammedBertConfig, CrammedBertForSequenceClassification, exist_ok=True)
+
+__all__ = [
+    "HUB_CHECKPOINT",
+    "DEFAULT_ARCH",
+    "CrammedBertConfig",
+    "UltraFastBertConfigError",
+    "UltraFastBertCheckpointError",
+    "check_supported",
+    "CrammedBertPreTrainedModel",
+    "CrammedBertModel",
+    "CrammedBertForMaskedLM",
+    "CrammedBertForSequenceClassification",
+    "CrammedBertModelOutput",
+    "CrammedBertMaskedLMOutput",
+    "CrammedBertSequenceClassifierOutput",
+    "CrammedFFF",
+    "sinusoidal_positions",
+]
