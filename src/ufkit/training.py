@@ -131,7 +131,8 @@ def param_groups(named_parameters: Iterable, weight_decay: float) -> list[dict]:
 
 def train_loop(model, loader, loss_fn: Callable, cfg: TrainConfig | None = None, *,
                parameters: Iterable | None = None, desc: str = "training", progress: bool = True,
-               on_start: Callable[[], object] | None = None) -> dict:
+               on_start: Callable[[], object] | None = None,
+               after_step: Callable[[int], None] | None = None) -> dict:
     """Train ``model`` with ``loss_fn`` on ``loader``'s batches: ufkit's one optimizer loop.
 
     Each step: ``loss_fn(batch)`` under the accelerator's autocast, back-propagation, gradient clipping, one AdamW
@@ -149,6 +150,8 @@ def train_loop(model, loader, loss_fn: Callable, cfg: TrainConfig | None = None,
         parameters: ``(name, parameter)`` pairs to train (default: the model's with ``requires_grad``).
         desc: the progress bar's label.
         on_start: called after ``model.train()``, e.g. to put frozen parts back in eval mode.
+        after_step: called with the step number (1, 2, ...) right after each optimizer and scheduler step,
+            before the loss is logged, e.g. to re-apply sparsity masks that the update has filled in.
 
     Returns:
         dict with ``steps``, ``train_seconds``, ``losses`` (mean total loss per ``cfg.log_every`` steps),
@@ -209,6 +212,8 @@ def train_loop(model, loader, loss_fn: Callable, cfg: TrainConfig | None = None,
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                if after_step is not None:
+                    after_step(step)
                 window.append(step_loss)
                 if len(window) == cfg.log_every or step == total:
                     losses.append(sum(window) / len(window))
