@@ -100,6 +100,171 @@ def test_native_versions(version):
         assert_conforms(y, route, x, w_in, b_in, w_out, depth, n_trees)
 
 
+# ---- CPU paths of the native kernel: one build, dispatched on cpuid --------------------------------------
+
+AVX2_ONLY = ("avx2", "fma")
+AVX512 = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq")
+
+
+def need_path(path: str) -> None:
+    """Skip, saying so, when this CPU cannot run the native kernel's ``path``; the skip reason names the
+    missing CPU flags (``pytest -rs`` lists the paths that were not run)."""
+    need("native")
+    try:
+        kernels.cpu_path(path)
+    except ValueError as exc:
+        pytest.skip(f"CPU path {path!r} not run on this CPU: {exc}")
+
+
+@pytest.mark.parametrize("path", kernels.CPU_PATHS)
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_cpu_path_conformance(path, version):
+    """Every version that uses vector routines, on every CPU path: odd H (masked and scalar tails), batches
+    0..130, 1..4 trees, depth 0..11."""
+    need_path(path)
+    for rng, depth, n_trees, h_in, h_out, batch in random_cases(40, seed=zlib.crc32(f"{path}{version}".encode())):
+        x, w_in, b_in, w_out = make_case(rng, depth, n_trees, h_in, h_out, batch)
+        y, route = fff_forward(x, w_in, b_in, w_out, depth, n_trees, "native", version=version, isa=path,
+                               return_route=True)
+        assert_conforms(y, route, x, w_in, b_in, w_out, depth, n_trees)
+
+
+@pytest.mark.parametrize("path", kernels.CPU_PATHS)
+def test_cpu_path_vector_edges(path):
+    """H on both sides of every vector width and strip (8, 16, 64, 128 floats), with runs of >= 4 tokens
+    at a node (the multi-token dot) and without."""
+    need_path(path)
+    for h in (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 144, 200, 257):
+        for batch in (1, 70):
+            x, w_in, b_in, w_out = make_case(random.Random(h * 1000 + batch), 3, 2, h, h, batch)
+            y, route = fff_forward(x, w_in, b_in, w_out, 3, 2, "native", isa=path, return_route=True)
+            assert_conforms(y, route, x, w_in, b_in, w_out, 3, 2)
+
+
+@pytest.mark.parametrize("path", kernels.CPU_PATHS)
+@pytest.mark.parametrize("depth,n_trees,h,batch", [(11, 1, 768, 3000), (7, 3, 101, 2500), (11, 2, 33, 1)])
+def test_cpu_path_large(path, depth, n_trees, h, batch):
+    """1x11 at H = 768 over 3000 tokens takes the two-pass kernel with streamed stores into a huge-page output."""
+    need_path(path)
+    x, w_in, b_in, w_out = make_case(random.Random(depth), depth, n_trees, h, h, batch, scale=0.02)
+    y, route = fff_forward(x, w_in, b_in, w_out, depth, n_trees, "native", isa=path, return_route=True)
+    assert_conforms(y, route, x, w_in, b_in, w_out, depth, n_trees)
+    out = torch.empty_like(y)  # the same through out=, accumulate-free and aligned differently
+    fff_forward(x, w_in, b_in, w_out, depth, n_trees, "native", isa=path, out=out)
+    torch.testing.assert_close(out, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", kernels.CPU_PATHS)
+def test_cpu_path_ties_go_left(path):
+    need_path(path)
+    x, w_in, b_in, w_out = make_case(random.Random(0), 4, 2, 19, 5, 9)
+    x.zero_()
+    b_in.zero_()
+    y, route = fff_forward(x, w_in, b_in, w_out, 4, 2, "native", isa=path, return_route=True)
+    left = [2**level - 1 for level in range(5)]
+    assert (route == torch.tensor([t * n_nodes(4) + i for t in range(2) for i in left], dtype=route.dtype)).all()
+    assert torch.equal(y, torch.zeros_like(y))
+
+
+@pytest.mark.parametrize(
+    "flags,want",
+    [((), "scalar"), (AVX2_ONLY, "avx2"), (AVX512, "avx512"),
+     (tuple(f for f in AVX512 if f != "avx512bw"), "avx2"),  # AVX-512 F without BW (Knights Landing): not ours
+     (("avx2",), "scalar")],  # AVX2 without FMA
+    ids=["none", "avx2-only", "avx512", "avx512-no-bw", "avx2-no-fma"],
+)
+def test_dispatcher_picks_a_path_the_cpu_supports(monkeypatch, flags, want):
+    """The dispatcher with the CPU flags mocked: the widest supported path, never one the flags lack; forcing
+    a missing path is an error naming the missing flags. The kernel then runs the pick where the real CPU can,
+    and refuses it where it cannot (its own cpuid check)."""
+    need("native")
+    monkeypatch.setattr(kernels, "_cpu_flags", lambda: flags)
+    monkeypatch.delenv(kernels.ISA_ENV, raising=False)
+    assert kernels.cpu_path() == want == kernels.cpu_path("auto")
+    n = kernels.CPU_PATHS.index(want) + 1
+    assert kernels.cpu_paths() == list(kernels.CPU_PATHS[:n])
+    for path in kernels.CPU_PATHS[n:]:
+        with pytest.raises(ValueError, match=f"the {path} path needs the CPU flags [a-z0-9_, ]+, which this CPU lacks"):
+            kernels.cpu_path(path)
+    x, w_in, b_in, w_out = make_case(random.Random(6), 5, 2, 40, 24, 70)
+    if want in real_paths():
+        y, route = fff_forward(x, w_in, b_in, w_out, 5, 2, "native", return_route=True)
+        assert_conforms(y, route, x, w_in, b_in, w_out, 5, 2)
+    else:
+        with pytest.raises(ValueError, match=f"the {want} path needs"):
+            fff_forward(x, w_in, b_in, w_out, 5, 2, "native")
+
+
+def real_paths() -> list[str]:
+    """The paths of the real CPU (cpuid), whatever a test mocks."""
+    mod = kernels.load_extension("native")
+    return [p for p in kernels.CPU_PATHS if _supported(mod, p)]
+
+
+def _supported(mod, path):
+    try:
+        mod.pick_isa(path, mod.cpu_features())
+        return True
+    except ValueError:
+        return False
+
+
+def test_dispatcher_real_cpu_and_environment(monkeypatch):
+    """On the real CPU: auto is the widest supported path; UFKIT_FFF_ISA forces one, isa= beats it; unknown
+    names are refused, by the Python wrapper and by the op itself."""
+    need("native")
+    monkeypatch.delenv(kernels.ISA_ENV, raising=False)
+    paths = real_paths()
+    assert paths[0] == "scalar" and kernels.cpu_paths() == paths and kernels.cpu_path() == paths[-1]
+    x, w_in, b_in, w_out = make_case(random.Random(8), 6, 1, 48, 16, 33)
+    ref = fff_reference(x, w_in, b_in, w_out, 6, 1)
+    for path in paths:
+        monkeypatch.setenv(kernels.ISA_ENV, path)
+        assert kernels.cpu_path() == path and kernels.cpu_path("scalar") == "scalar"
+        torch.testing.assert_close(fff_forward(x, w_in, b_in, w_out, 6, 1, "native"), ref, rtol=1e-5, atol=1e-6)
+    monkeypatch.setenv(kernels.ISA_ENV, "avx1024")
+    with pytest.raises(ValueError, match="UFKIT_FFF_ISA='avx1024': isa must be"):
+        kernels.cpu_path()
+    with pytest.raises(ValueError, match="UFKIT_FFF_ISA"):
+        fff_forward(x, w_in, b_in, w_out, 6, 1, "native")
+    fff_forward(x, w_in, b_in, w_out, 6, 1, "torch_gather")  # only the native backend reads it
+    with pytest.raises(ValueError, match="isa must be"):
+        kernels.load_extension("native").forward(x, w_in, b_in, kernels.transposed_weight(w_out), 6, 1, 0,
+                                                 torch.empty(0, 0, dtype=torch.int32), None, "sse")
+    for path in set(kernels.CPU_PATHS) - set(paths):  # the op's own guard, on a CPU without AVX-512 or AVX2
+        with pytest.raises(ValueError, match=f"the {path} path needs"):
+            kernels.load_extension("native").forward(x, w_in, b_in, kernels.transposed_weight(w_out), 6, 1, 0,
+                                                     torch.empty(0, 0, dtype=torch.int32), None, path)
+
+
+def test_cpu_paths_agree():
+    """Every supported path on one real-size input: the same routes, outputs within float32 rounding."""
+    need("native")
+    paths = real_paths()
+    x, w_in, b_in, w_out = make_case(random.Random(9), 11, 1, 768, 768, 300, scale=0.02)
+    outs = {p: fff_forward(x, w_in, b_in, w_out, 11, 1, "native", isa=p, return_route=True) for p in paths}
+    y0, r0 = outs[paths[-1]]
+    for p in paths:
+        assert torch.equal(outs[p][1], r0), p
+        torch.testing.assert_close(outs[p][0], y0, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_records_the_cpu_path():
+    """The fff bench names the path of every row; isa="all" times each supported native path."""
+    need("native")
+    from ufkit.fff.bench import bench_fff
+
+    df = bench_fff(("native", "torch_gather", "dense_torch"), configs=((1, 3),), batches=(5,), hidden_size=17,
+                   threads=1, n_warmup=0, n_iters=1, dense_widths=(15,), isa="all")
+    native = df[df.backend == "native"]
+    assert list(native.cpu_path) == real_paths()
+    assert df[df.backend != "native"].cpu_path.str.startswith("aten-").all()
+    df = bench_fff(("native",), configs=((1, 3),), batches=(5,), hidden_size=17, threads=1, n_warmup=0, n_iters=1)
+    assert list(df.cpu_path) == [kernels.cpu_path()]
+    with pytest.raises(ValueError, match="isa must be"):
+        bench_fff(("native",), configs=((1, 3),), batches=(5,), hidden_size=17, n_iters=1, isa="avx1024")
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_exact_ties_go_left(backend):
     """x = 0 and b = 0 give z = 0 exactly at every node: every tree walks its left spine 0, 1, 3, 7, ..."""

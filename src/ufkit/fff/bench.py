@@ -12,7 +12,9 @@ does between sentences.
 Timings go through :func:`ufkit.measure.timing.time_calls` (thread count, warm-up, the busy-machine check) and
 carry the result schema's columns (``latency_ms_mean``, ``latency_ms_std``, ``latency_ms_p50``,
 ``latency_ms_min``, ``n_calls``), each call a full forward that allocates its output (as the dense layer does).
-Rows are returned as a DataFrame and, given a ``table``, appended to the results store.
+Rows are returned as a DataFrame and, given a ``table``, appended to the results store. Each row names the code
+path that ran (``cpu_path``): for the native kernel the CPU path its dispatcher picked or was told to take
+(``scalar``, ``avx2``, ``avx512``; several can be timed side by side, interleaved).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from .. import config
 from ..measure.machine import machine_info
 from ..measure.timing import num_threads, summarize, time_calls
-from .kernels import fff_forward, load_extension
+from .kernels import cpu_path, cpu_paths, fff_forward, load_extension
 from .reference import n_nodes
 
 __all__ = ["LADDER", "DENSE_BACKENDS", "FFF_BACKENDS", "bench_fff", "speedups", "measure_ceilings"]
@@ -69,6 +71,26 @@ def _dense_fn(backend, w_in, b_in, w_out, b_out):
     return lambda x: mod.dense_ff(x, w_in, b_in, w_out, b_out)
 
 
+def _code_path(backend: str, device) -> str:
+    """What ``cpu_path`` says for a backend other than ``native``: whose dispatch chose the machine code."""
+    if torch.device(device).type == "cuda":
+        return "cuda"
+    if backend in ("mkl", "dense_mkl"):
+        return "mkl"  # MKL dispatches on the CPU by itself
+    return "aten-" + torch.backends.cpu.get_cpu_capability().lower()  # e.g. aten-avx512: ATen's kernels
+
+
+def _native_paths(isa) -> list[str]:
+    if isa is None:
+        return [cpu_path()]
+    if isa == "all":
+        return cpu_paths()
+    names = [isa] if isinstance(isa, str) else list(isa)
+    if not names:
+        raise ValueError("isa must name at least one CPU path")
+    return [cpu_path(name) for name in names]  # ValueError for a path this CPU lacks
+
+
 def _machine(threads: int, device) -> dict:
     info = machine_info(threads)
     info["device"] = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
@@ -90,6 +112,7 @@ def bench_fff(
     n_inputs: int = 3,
     seed: int = 0,
     max_seconds: float | None = None,
+    isa: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Time FFF backends and dense baselines over (n_trees, depth) configs and batches of tokens.
 
@@ -109,19 +132,27 @@ def bench_fff(
         seed: seed of weights and inputs.
         max_seconds: time budget per row: stop timing once it is spent and at least 3 calls are timed
             (``n_calls`` in the row says how many were); None times all ``n_iters``.
+        isa: CPU paths of the ``native`` backend to time, a row each, interleaved call by call (see
+            :func:`ufkit.fff.kernels.cpu_path`): None is the dispatcher's pick (``UFKIT_FFF_ISA``, else the widest
+            path this CPU supports), ``"all"`` every path this CPU supports, or names from
+            :data:`~ufkit.fff.kernels.CPU_PATHS`.
 
     Returns:
         `pandas.DataFrame`, one row per (backend, config or dense width, batch), columns ``backend``,
         ``hidden_size``, ``width`` (K*N, or I for dense), ``depth`` and ``n_trees`` (NA for dense), ``batch``,
         ``threads``, ``latency_ms_mean``, ``latency_ms_std``, ``latency_ms_p50``, ``latency_ms_p95``,
         ``latency_ms_min`` (median and minimum are robust on a machine that other work shares), ``n_calls``,
+        ``cpu_path`` (the code path that ran: ``scalar``/``avx2``/``avx512`` for ``native``; ``aten-<capability>``
+        for ``torch_gather`` and ``dense_torch``, ATen's own dispatch, e.g. ``aten-avx512``; ``mkl`` for the MKL
+        backends, which dispatch by themselves; ``cuda`` on a GPU),
         ``tokens_per_s``, ``gflops`` (useful FLOP/s:
         2*H*(K*(D+1))*2 per token for FFF, 2*H*I*2 for dense), ``gbytes_per_s`` (weight rows + x + y moved, at
         most: a lower bound on traffic for dense), the load columns (``busy``, ``other_cores``, ``attempts``) and
         the machine (:func:`ufkit.measure.machine.machine_info`, ``machine_id``, and ``device``).
 
     Raises:
-        ValueError: an unknown backend, an empty ``configs``/``batches`` or a non-positive size.
+        ValueError: an unknown backend, an empty ``configs``/``batches``, a non-positive size, or an ``isa``
+            path this CPU does not support.
     """
     import warnings
 
@@ -145,6 +176,7 @@ def bench_fff(
             usable.append(b)
         except RuntimeError as exc:
             warnings.warn(f"skipping {b}: {exc}", RuntimeWarning, stacklevel=2)
+    paths = _native_paths(isa) if "native" in usable and torch.device(device).type == "cpu" else []
     gen = torch.Generator().manual_seed(seed)
     rows = []
     machine = _machine(threads, device)
@@ -162,28 +194,33 @@ def bench_fff(
                     for width, k, d in plan:
                         w_in, b_in, w_out, b_out = _weights(width, H, H, gen, device)
                         if b in DENSE_BACKENDS:
-                            fn = _dense_fn(b, w_in, b_in, w_out, b_out)
+                            fns = {_code_path(b, device): _dense_fn(b, w_in, b_in, w_out, b_out)}
                             used = width
                         else:
-                            def fn(x, b=b, k=k, d=d, w_in=w_in, b_in=b_in, w_out=w_out):
-                                return fff_forward(x, w_in, b_in, w_out, d, k, backend=b)
+                            def fn(x, b=b, k=k, d=d, w_in=w_in, b_in=b_in, w_out=w_out, isa=None):
+                                return fff_forward(x, w_in, b_in, w_out, d, k, backend=b, isa=isa)
+                            if b == "native" and paths:  # one callable per CPU path, timed interleaved
+                                fns = {p: (lambda x, fn=fn, p=p: fn(x, isa=p)) for p in paths}
+                            else:
+                                fns = {_code_path(b, device): fn}
                             used = k * (d + 1)
-                        timing = time_calls({b: fn}, [inputs[i % len(inputs)] for i in range(n_iters)],
+                        timing = time_calls(fns, [inputs[i % len(inputs)] for i in range(n_iters)],
                                             n_warmup=n_warmup, sync=sync, max_seconds=max_seconds)
-                        t = summarize(timing.times_ms[b], batch)
-                        t.pop("throughput_seq_per_s")  # rows are tokens: tokens_per_s below
-                        mean_ms = t["latency_ms_mean"]
-                        flops = 2 * 2 * H * used * batch
-                        traffic = 4 * (2 * H * min(used * batch, width) + 2 * H * batch)  # rows once + x + y
-                        rows.append({
-                            "backend": b, "hidden_size": H, "width": width,
-                            "depth": d, "n_trees": k, "batch": batch, "threads": threads,
-                            **t, **timing.load_columns(),
-                            "tokens_per_s": batch / (mean_ms / 1e3),
-                            "gflops": flops / (mean_ms / 1e3) / 1e9,
-                            "gbytes_per_s": traffic / (mean_ms / 1e3) / 1e9,
-                            **{k: v for k, v in machine.items() if k != "threads"},
-                        })
+                        for path in fns:
+                            t = summarize(timing.times_ms[path], batch)
+                            t.pop("throughput_seq_per_s")  # rows are tokens: tokens_per_s below
+                            mean_ms = t["latency_ms_mean"]
+                            flops = 2 * 2 * H * used * batch
+                            traffic = 4 * (2 * H * min(used * batch, width) + 2 * H * batch)  # rows once + x + y
+                            rows.append({
+                                "backend": b, "cpu_path": path, "hidden_size": H, "width": width,
+                                "depth": d, "n_trees": k, "batch": batch, "threads": threads,
+                                **t, **timing.load_columns(),
+                                "tokens_per_s": batch / (mean_ms / 1e3),
+                                "gflops": flops / (mean_ms / 1e3) / 1e9,
+                                "gbytes_per_s": traffic / (mean_ms / 1e3) / 1e9,
+                                **{k: v for k, v in machine.items() if k != "threads"},
+                            })
                         del w_in, b_in, w_out, b_out
     df = pd.DataFrame(rows)
     if len(df):

@@ -7,8 +7,11 @@ BMM" implementation and ``native`` is the fused native implementation it propose
     PyTorch only: per level, gather each token's row of ``w_in`` and take a batched dot product (``bmm``);
     at the end one batched product with the gathered output rows. Any device, any float dtype.
 ``native``
-    C++ (ATen + OpenMP through torch's thread pool), fused: routing, GELU and the output sum in one pass;
-    AVX2+FMA when the CPU has it (``cpp/fff_native.cpp``). float32, CPU.
+    C++ (ATen + OpenMP through torch's thread pool), fused: routing, GELU and the output sum in one pass
+    (``cpp/fff_native.cpp``). float32, CPU. One build holds three *CPU paths* of its vector routines,
+    ``"scalar"``, ``"avx2"`` (AVX2+FMA) and ``"avx512"`` (AVX-512 F/BW/VL/DQ); at run time it takes the
+    widest the CPU supports (:func:`cpu_path`), or the one named by ``fff_forward(isa=...)`` or the environment
+    variable ``UFKIT_FFF_ISA``.
 ``mkl``
     C++ calling Intel MKL from the PyPI ``mkl`` package (``cpp/fff_mkl.cpp``). float32, CPU.
 ``cuda``
@@ -46,6 +49,9 @@ from .reference import check_fff_args, n_nodes
 
 __all__ = [
     "BACKENDS",
+    "CPU_PATHS",
+    "cpu_path",
+    "cpu_paths",
     "fff_forward",
     "available_backends",
     "build_dir",
@@ -54,6 +60,10 @@ __all__ = [
 ]
 
 BACKENDS = ("torch_gather", "native", "mkl", "cuda")
+#: The native kernel's CPU paths, narrowest first (see :func:`cpu_path`).
+CPU_PATHS = ("scalar", "avx2", "avx512")
+#: Environment variable that forces a CPU path of the native kernel (``auto``, ``scalar``, ``avx2``, ``avx512``).
+ISA_ENV = "UFKIT_FFF_ISA"
 ROOT = Path(__file__).resolve().parents[3]  # the source checkout: cpp/ and cuda/ live here
 CPP_DIR = ROOT / "cpp"
 CUDA_DIR = ROOT / "cuda"
@@ -211,6 +221,62 @@ def available_backends(device: str | torch.device = "cpu", build: bool = True) -
     return names
 
 
+# ---- CPU paths of the native kernel ------------------------------------------------------------------
+
+_flags: list[tuple[str, ...]] = []
+
+
+def _cpu_flags() -> tuple[str, ...]:
+    """The CPU flags the native kernel's dispatcher sees (cpuid through libgcc, ``/proc/cpuinfo`` names).
+
+    Tests replace this function to mock a CPU; the kernel itself always checks the real flags too.
+    """
+    if not _flags:
+        _flags.append(tuple(load_extension("native").cpu_features()))
+    return _flags[0]
+
+
+_picked: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def cpu_path(isa: str | None = None) -> str:
+    """The CPU path the native kernel runs: ``"avx512"``, ``"avx2"`` or ``"scalar"``.
+
+    Args:
+        isa: ``"auto"`` (the widest path the CPU supports), or a path of :data:`CPU_PATHS` to force; None reads
+            the environment variable ``UFKIT_FFF_ISA``, default ``"auto"``.
+
+    Raises:
+        ValueError: an unknown name, or a path whose CPU flags this CPU lacks (the message names them).
+        RuntimeError: the native extension cannot be built (the choice is made by its dispatcher).
+    """
+    source = "isa"
+    if isa is None:
+        isa, source = os.environ.get(ISA_ENV) or "auto", ISA_ENV
+    requested = isa.strip().lower()
+    flags = _cpu_flags()
+    key = (requested, flags)
+    path = _picked.get(key)
+    if path is None:
+        try:
+            path = load_extension("native").pick_isa(requested, list(flags))
+        except ValueError as exc:
+            raise ValueError(f"{source}={isa!r}: {exc}") from None
+        _picked[key] = path
+    return path
+
+
+def cpu_paths() -> list[str]:
+    """The native kernel's CPU paths this CPU supports, narrowest first (a subset of :data:`CPU_PATHS`)."""
+    ok = []
+    for p in CPU_PATHS:
+        try:
+            ok.append(cpu_path(p))
+        except ValueError:
+            pass
+    return ok
+
+
 # ---- prepacked weights ---------------------------------------------------------------------------------
 
 _packed: dict[tuple, tuple] = {}
@@ -267,13 +333,15 @@ def _torch_gather(x2, w_in, b_in, w_out, depth, n_trees, route):
     return y
 
 
-def _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version=None, out=None):
+def _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version=None, out=None, isa=None):
     mod = load_extension(backend)
     wt = transposed_weight(w_out)
     r = route if route is not None else torch.empty(0, 0, dtype=torch.int32, device=x2.device)
     args = (x2, w_in.contiguous(), b_in.contiguous(), wt, depth, n_trees)
     version = 0 if version is None else version
-    if backend in ("native", "mkl"):
+    if backend == "native":
+        return mod.forward(*args, version, r, out, cpu_path(isa))
+    if backend == "mkl":
         return mod.forward(*args, version, r, out)
     stream = torch.cuda.current_stream(x2.device).cuda_stream
     return mod.forward(*args, version, r, out, stream)
@@ -295,7 +363,8 @@ def _auto(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "auto", *,
-                version: int | None = None, return_route: bool = False, out: torch.Tensor | None = None):
+                version: int | None = None, return_route: bool = False, out: torch.Tensor | None = None,
+                isa: str | None = None):
     """Inference form of a FFF layer: touch only the K*(D+1) visited neurons of each token.
 
     Args:
@@ -307,13 +376,16 @@ def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "
             (:func:`transposed_weight`).
         depth, n_trees: D and K.
         backend: ``"auto"``, ``"torch_gather"``, ``"native"``, ``"mkl"`` or ``"cuda"`` (module docstring).
-        version: kernel version of a compiled backend (``native``: 1 plain loop, 2 AVX2 per token, 3 token
+        version: kernel version of a compiled backend (``native``: 1 plain loop, 2 SIMD per token, 3 token
             blocks grouped by node, 4 the same in two passes over a sub-tree that fits L2, for deep trees and
             large batches; ``mkl``: 1; ``cuda``: 1 a thread per token, 2 a warp per token); ``None`` is the
             fastest for the shapes (the native kernel picks 3 or 4).
         return_route: also return the visited nodes.
         out: optional contiguous tensor of shape `(..., H_out)` (x's dtype and device) to write the result
             into, as ``torch.matmul(..., out=)``: saves allocating (and page-faulting) a fresh output.
+        isa: CPU path of the ``native`` backend's vector routines (versions 2-4): ``"auto"``, ``"scalar"``,
+            ``"avx2"`` or ``"avx512"``; None reads ``UFKIT_FFF_ISA`` (default ``"auto"``, see :func:`cpu_path`).
+            Other backends ignore it.
 
     Returns:
         `torch.FloatTensor` of shape `(..., H_out)` equal to :func:`ufkit.fff.reference.fff_reference` (up to float
@@ -323,7 +395,7 @@ def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "
 
     Raises:
         ValueError: bad shapes, dtypes (compiled backends need float32), devices, a weight size that does not
-            match (n_trees, depth), or an unknown backend.
+            match (n_trees, depth), an unknown backend, or (``native``) an ``isa`` this CPU does not support.
         RuntimeError: an explicitly requested compiled backend cannot be built.
     """
     if backend not in ("auto",) + BACKENDS:
@@ -353,7 +425,7 @@ def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "
         if out2 is not None:
             y = out2.copy_(y)
     else:
-        y = _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version, out2)
+        y = _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version, out2, isa)
     y = y.reshape(*lead, w_out.shape[0])
     if return_route:
         return y, route.reshape(*lead, L)
