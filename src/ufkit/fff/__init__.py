@@ -9,10 +9,11 @@ Belcak & Wattenhofer, "Exponentially Faster Language Modelling", 2023, arXiv:231
 * :mod:`ufkit.fff.bench`: FFF against dense layers of the same width.
 """
 
-from .kernels import BACKENDS, CPU_PATHS, available_backends, cpu_path, cpu_paths, fff_forward, load_extension
+from .kernels import (BACKENDS, CPU_PATHS, available_backends, bfloat16_weights, cpu_path, cpu_paths, fff_forward,
+                      load_extension)
 from .layer import FFF
 from .reference import check_fff_args, conformance, fff_reference, fff_route, fff_training_form, n_nodes, node_usage
 
-__all__ = ["BACKENDS", "CPU_PATHS", "available_backends", "cpu_path", "cpu_paths", "fff_forward", "load_extension",
+__all__ = ["BACKENDS", "CPU_PATHS", "available_backends", "bfloat16_weights", "cpu_path", "cpu_paths", "fff_forward", "load_extension",
            "FFF", "check_fff_args", "conformance", "fff_reference", "fff_route", "fff_training_form", "n_nodes",
            "node_usage"]
