@@ -12,13 +12,25 @@
 //
 // Versions, each faster than the last (all compute the same function):
 //   v1  per token, plain C++ loops: the baseline "native fused" kernel.
-//   v2  per token, AVX2+FMA dot products; the output sum keeps y in registers while the rows stream past.
+//   v2  per token, SIMD dot products; the output sum keeps y in registers while the rows stream past.
 //   v3  blocks of tokens, level by level: within a block, tokens are grouped by node so one weight row is
 //       loaded for up to four tokens, and the next token's row is prefetched while this one is computed.
 //   v4  deep trees: route the top levels in blocks (v3), bucket the tokens by the subtree they enter, then
 //       finish each bucket's tokens while that subtree's rows sit in L2; the weights stream from memory
 //       about once per call instead of once per token. Version 0 (the default) picks v4 for one or two deep
 //       trees and batches of at least 16 tokens per subtree, else v3.
+//
+// CPU paths: v2-v4 are templates over the vector routines of fff_simd.h (Scalar, Avx2, Avx512, and for bf16
+// weights Avx512Bf16), instantiated for each; a path runs only after a cpuid check (pick_isa), so one build is
+// safe on any x86-64 and uses AVX-512 where the CPU has it. v1 is always the plain loop. "auto" picks the
+// widest path the CPU supports; Python forces one with fff_forward(isa=...) or UFKIT_FFF_ISA
+// (ufkit.fff.kernels.cpu_path).
+//
+// bfloat16 weights (w_in and wt_out bf16, x and y float32): x is rounded to a bf16 copy once per call, the dot
+// products multiply bf16 pairs and sum in float32 (vdpbf16ps on avx512_bf16; widened to float32 elsewhere),
+// and the output sums widened bf16 rows with float32 GELU values. A 1x11 token then needs 36 KiB of weight
+// rows instead of 72 KiB and both matrices take 12.6 MB instead of 25 MB: at most 2x for the batches bound by
+// weight traffic, little for large ones (bound by x and y, 6 KiB per token, which stay float32).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -32,6 +44,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fff_checks.h"
@@ -41,11 +54,13 @@ namespace {
 
 using ufkit::gelu;
 
+// T is the storage of x and the weights: float, or bf16 (bfloat16 weights; x then is a bf16 copy).
+template <class T>
 struct Args {
-  const float* x;
-  const float* w_in;
+  const T* x;
+  const T* w_in;
   const float* b_in;
-  const float* wt;
+  const T* wt;
   float* y;
   int32_t* route;  // (B, K*(D+1)) visited rows, or nullptr
   int64_t B, H_in, H_out;
@@ -54,30 +69,27 @@ struct Args {
   int L;  // nodes used per token, K*(D+1)
 };
 
-// v1 / v2: one token at a time; `simd` picks the AVX2 routines.
-template <bool simd>
-void per_token(const Args& a, int64_t t0, int64_t t1) {
+// v1 / v2: one token at a time with one path's routines (v1 is per_token<Scalar>).
+template <class Isa, class T>
+void per_token(const Args<T>& a, int64_t t0, int64_t t1) {
   std::vector<int32_t> node(a.L);
   std::vector<float> act(a.L);
   for (int64_t t = t0; t < t1; ++t) {
-    const float* xt = a.x + t * a.H_in;
+    const T* xt = a.x + t * a.H_in;
     int j = 0;
     for (int k = 0; k < a.n_trees; ++k) {
       int64_t n = 0;
       for (int l = 0; l <= a.depth; ++l, ++j) {
         const int64_t row = k * a.N + n;
-        const float* w = a.w_in + row * a.H_in;
-        const float z = a.b_in[row] + (simd ? ufkit::dot_avx2(xt, w, a.H_in) : ufkit::dot_scalar(xt, w, a.H_in));
+        const T* w = a.w_in + row * a.H_in;
+        const float z = a.b_in[row] + Isa::dot(xt, w, a.H_in);
         node[j] = (int32_t)row;
         act[j] = gelu(z);
         n = 2 * n + 1 + (z > 0.f);
       }
     }
     float* yt = a.y + t * a.H_out;
-    if (simd)
-      ufkit::weighted_rows_avx2(act.data(), node.data(), a.L, a.wt, a.H_out, a.H_out, yt);
-    else
-      ufkit::weighted_rows_scalar(act.data(), node.data(), a.L, a.wt, a.H_out, a.H_out, yt);
+    Isa::rows(act.data(), node.data(), a.L, a.wt, a.H_out, a.H_out, yt);
     if (a.route) std::copy(node.begin(), node.end(), a.route + t * a.L);
   }
 }
@@ -99,7 +111,8 @@ T* scratch(std::vector<T>& v, int64_t n) {
 // within the tree (in/out); node/act receive the visited rows and GELU(z) at [t * L + j]; n <= 64. At each
 // level the tokens are in node order, so a run of tokens at one node shares its weight row: four at a time
 // take a dot product with one load of the row (dot4), and the next run's row is prefetched meanwhile.
-void route_group(const Args& a, const int32_t* ids, int64_t n, int k, int l0, int l1, int64_t* cur, int32_t* node,
+template <class Isa, class T>
+void route_group(const Args<T>& a, const int32_t* ids, int64_t n, int k, int l0, int l1, int64_t* cur, int32_t* node,
                  float* act, int32_t* order, int prefetch_lines = 16) {
   int32_t next[kChunk > kBlock ? kChunk : kBlock];
   std::copy(ids, ids + n, order);
@@ -114,7 +127,7 @@ void route_group(const Args& a, const int32_t* ids, int64_t n, int k, int l0, in
     }
     while (i < n) {
       const int64_t row = k * a.N + cur[order[i]];
-      const float* w = a.w_in + row * a.H_in;
+      const T* w = a.w_in + row * a.H_in;
       int64_t e = i + 1;
       while (e < n && cur[order[e]] == cur[order[i]]) ++e;
       if (e < n) ufkit::prefetch_row(a.w_in + (k * a.N + cur[order[e]]) * a.H_in, a.H_in, 16);
@@ -124,11 +137,11 @@ void route_group(const Args& a, const int32_t* ids, int64_t n, int k, int l0, in
         int m = 1;
         const int32_t* o = order + i;
         if (e - i >= 4) {
-          ufkit::dot4_avx2(a.x + o[0] * a.H_in, a.x + o[1] * a.H_in, a.x + o[2] * a.H_in, a.x + o[3] * a.H_in, w,
-                           a.H_in, z4);
+          Isa::dot4(a.x + o[0] * a.H_in, a.x + o[1] * a.H_in, a.x + o[2] * a.H_in, a.x + o[3] * a.H_in, w,
+                    a.H_in, z4);
           m = 4;
         } else {
-          z4[0] = ufkit::dot_avx2(a.x + o[0] * a.H_in, w, a.H_in);
+          z4[0] = Isa::dot(a.x + o[0] * a.H_in, w, a.H_in);
         }
         for (int q = 0; q < m; ++q, ++i) {
           const int64_t t = order[i];
@@ -150,20 +163,21 @@ void route_group(const Args& a, const int32_t* ids, int64_t n, int k, int l0, in
 }
 
 // v3: a block of tokens walks all trees level by level, then each token sums its output rows.
-void blocked(const Args& a, int64_t t0, int64_t t1, int64_t* cur, int32_t* node, float* act) {
+template <class Isa, class T>
+void blocked(const Args<T>& a, int64_t t0, int64_t t1, int64_t* cur, int32_t* node, float* act) {
   int32_t ids[kBlock], order[kBlock];
   for (int64_t b0 = t0; b0 < t1; b0 += kBlock) {
     const int64_t nb = std::min(kBlock, t1 - b0);
     for (int64_t i = 0; i < nb; ++i) ids[i] = int32_t(b0 + i);
     for (int k = 0; k < a.n_trees; ++k) {
       std::fill(cur + b0, cur + b0 + nb, 0);
-      route_group(a, ids, nb, k, 0, a.depth + 1, cur, node, act, order, g_route_prefetch);
+      route_group<Isa>(a, ids, nb, k, 0, a.depth + 1, cur, node, act, order, g_route_prefetch);
     }
     for (int64_t t = b0; t < b0 + nb; ++t) {
       if (t + 1 < b0 + nb)  // the next token's rows: start them on their way now
         for (int j = 0; j < a.L; ++j)
           ufkit::prefetch_row(a.wt + (int64_t)node[(t + 1) * a.L + j] * a.H_out, a.H_out, g_out_prefetch);
-      ufkit::weighted_rows_avx2(&act[t * a.L], &node[t * a.L], a.L, a.wt, a.H_out, a.H_out, a.y + t * a.H_out);
+      Isa::rows(&act[t * a.L], &node[t * a.L], a.L, a.wt, a.H_out, a.H_out, a.y + t * a.H_out);
     }
   }
 }
@@ -179,7 +193,8 @@ void blocked(const Args& a, int64_t t0, int64_t t1, int64_t* cur, int32_t* node,
 // levels' output rows: s = 4 is 31 nodes, 186 KiB at H = 768 (Zen 3 has 512 KiB of L2 per core).
 int g_sub_depth = 4;
 
-void two_pass(const Args& a, int64_t* cur, int32_t* node, float* act) {
+template <class Isa, class T>
+void two_pass(const Args<T>& a, int64_t* cur, int32_t* node, float* act) {
   const int S = a.depth - g_sub_depth;  // levels of pass 1; >= 1 here
   const int64_t B = a.B, n_sub = int64_t(1) << S;
   thread_local std::vector<int32_t> perm_v, count_v;
@@ -192,7 +207,7 @@ void two_pass(const Args& a, int64_t* cur, int32_t* node, float* act) {
         const int64_t nb = std::min(kBlock, B - b0);
         for (int64_t i = 0; i < nb; ++i) ids[i] = int32_t(b0 + i);
         std::fill(cur + b0, cur + b0 + nb, 0);
-        route_group(a, ids, nb, k, 0, S, cur, node, act, order, g_route_prefetch);
+        route_group<Isa>(a, ids, nb, k, 0, S, cur, node, act, order, g_route_prefetch);
       }
     });
     // Counting sort by subtree (cur[t] - (2^S - 1) is its index within level S); afterwards
@@ -206,15 +221,15 @@ void two_pass(const Args& a, int64_t* cur, int32_t* node, float* act) {
       int32_t order[kChunk];
       for (int64_t i = i0; i < i1;) {
         const int64_t end = std::min({i1, i + kChunk, (int64_t)bucket_end[cur[perm[i]] - (n_sub - 1)]});
-        route_group(a, perm + i, end - i, k, S, a.depth + 1, cur, node, act, order);
+        route_group<Isa>(a, perm + i, end - i, k, S, a.depth + 1, cur, node, act, order);
         for (; i < end; ++i) {
           const int64_t t = perm[i];
           // this tree's D+1 rows into y: the first tree writes (streamed if it is the only one), later ones add
-          ufkit::weighted_rows_avx2(&act[t * a.L + j0], &node[t * a.L + j0], a.depth + 1, a.wt, a.H_out, a.H_out,
-                                    a.y + t * a.H_out, /*accumulate=*/k > 0, /*stream=*/a.n_trees == 1);
+          Isa::rows(&act[t * a.L + j0], &node[t * a.L + j0], a.depth + 1, a.wt, a.H_out, a.H_out, a.y + t * a.H_out,
+                    /*accumulate=*/k > 0, /*stream=*/a.n_trees == 1);
         }
       }
-      _mm_sfence();  // this thread's streamed stores are ordered before the join
+      _mm_sfence();  // this thread's streamed stores are ordered before the join (SSE: any x86-64)
     });
   }
 }
@@ -269,18 +284,145 @@ at::Tensor new_output(int64_t B, int64_t H) {
                           at::TensorOptions().dtype(at::kFloat));
 }
 
+// Versions 2-4 with one path's routines; cur/node/act are scratch for v3 and v4.
+template <class Isa, class T>
+void run(const Args<T>& a, int64_t version, int64_t* cur, int32_t* node, float* act) {
+  if (version == 4) {
+    two_pass<Isa>(a, cur, node, act);
+    return;
+  }
+  // Threads split the tokens into contiguous ranges (whole blocks for v3); torch's intra-op pool.
+  const int64_t grain = version == 3 ? kBlock : 16;
+  at::parallel_for(0, (a.B + grain - 1) / grain, 1, [&](int64_t g0, int64_t g1) {
+    const int64_t t0 = g0 * grain, t1 = std::min(a.B, g1 * grain);
+    if (version == 1) per_token<ufkit::Scalar>(a, t0, t1);
+    else if (version == 2) per_token<Isa>(a, t0, t1);
+    else blocked<Isa>(a, t0, t1, cur, node, act);
+  });
+}
+
+// ---- the dispatcher -----------------------------------------------------------------------------------
+// Paths narrowest first, each with the CPU flags (/proc/cpuinfo spelling) its routines need; avx512_bf16
+// only exists for bfloat16 weights (with float32 weights there is nothing for vdpbf16ps to do). pick_isa is a
+// pure function of the flags so that tests can call it with mocked ones; the kernel calls it with cpuid's.
+struct Path {
+  const char* name;
+  std::vector<std::string> flags;
+  bool bf16_only;
+};
+const std::vector<Path>& paths() {
+  static const std::vector<Path> p{
+      {"scalar", {}, false},
+      {"avx2", {"avx2", "fma"}, false},
+      {"avx512", {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, false},
+      {"avx512_bf16", {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"}, true}};
+  return p;
+}
+
+bool has_all(const std::vector<std::string>& flags, const std::vector<std::string>& need, std::string* missing) {
+  bool ok = true;
+  for (const auto& f : need)
+    if (std::find(flags.begin(), flags.end(), f) == flags.end()) {
+      ok = false;
+      if (missing) *missing += (missing->empty() ? "" : ", ") + f;
+    }
+  return ok;
+}
+
+// The kernel for one storage type: T = float, or ufkit::bf16 with x rounded to a bf16 copy first.
+template <class T>
+void forward_impl(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& wt_out,
+                  at::Tensor& y, int32_t* route_ptr, int depth, int n_trees, int64_t version, const std::string& path) {
+  const int64_t B = x.size(0), H_in = x.size(1), N = (int64_t(1) << (depth + 1)) - 1;
+  const int L = n_trees * (depth + 1);
+  const T* xp;
+  if constexpr (std::is_same_v<T, float>) {
+    xp = x.data_ptr<float>();
+  } else {
+    // One rounding pass, (B, H_in) float32 -> bf16, so every dot product reads half the bytes of x too.
+    thread_local std::vector<ufkit::bf16> xb_v;
+    ufkit::bf16* xb = scratch(xb_v, B * H_in);
+    const float* xf = x.data_ptr<float>();
+    at::parallel_for(0, B * H_in, 1 << 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) xb[i] = ufkit::to_bf16(xf[i]);
+    });
+    xp = xb;
+  }
+  const T* wi = static_cast<const T*>(w_in.data_ptr());
+  const T* wt = static_cast<const T*>(wt_out.data_ptr());
+  Args<T> a{xp, wi, b_in.data_ptr<float>(), wt, y.data_ptr<float>(), route_ptr, B, H_in, wt_out.size(1), depth,
+            n_trees, N, L};
+  thread_local std::vector<int64_t> cur_v;
+  thread_local std::vector<int32_t> node_v;
+  thread_local std::vector<float> act_v;
+  int64_t* cur = version >= 3 ? scratch(cur_v, B) : nullptr;
+  int32_t* node = version >= 3 ? scratch(node_v, B * L) : nullptr;
+  float* act = version >= 3 ? scratch(act_v, B * L) : nullptr;
+  if (path == "avx512_bf16") {  // pick_isa gives it for bf16 weights only
+    if constexpr (std::is_same_v<T, ufkit::bf16>) run<ufkit::Avx512Bf16>(a, version, cur, node, act);
+  } else if (path == "avx512") {
+    run<ufkit::Avx512>(a, version, cur, node, act);
+  } else if (path == "avx2") {
+    run<ufkit::Avx2>(a, version, cur, node, act);
+  } else {
+    run<ufkit::Scalar>(a, version, cur, node, act);
+  }
+  if (version >= 3 && route_ptr) std::copy(node, node + B * L, route_ptr);
+}
+
 }  // namespace
 
-using ufkit_fff::check_f32_2d;
+// The flags of paths() this CPU has, as cpuid (through libgcc, which also checks that the OS saves the
+// vector state) reports them.
+std::vector<std::string> fff_native_cpu_features() {
+  std::vector<std::string> f;
+  if (__builtin_cpu_supports("avx2")) f.push_back("avx2");
+  if (__builtin_cpu_supports("fma")) f.push_back("fma");
+  if (__builtin_cpu_supports("avx512f")) f.push_back("avx512f");
+  if (__builtin_cpu_supports("avx512bw")) f.push_back("avx512bw");
+  if (__builtin_cpu_supports("avx512vl")) f.push_back("avx512vl");
+  if (__builtin_cpu_supports("avx512dq")) f.push_back("avx512dq");
+  if (__builtin_cpu_supports("avx512bf16")) f.push_back("avx512_bf16");
+  return f;
+}
+
+// The path a CPU with `flags` runs for `requested` ("auto": the widest it supports, else that path if it
+// supports it), for float32 or (bf16_weights) bfloat16 weights. Raises ValueError for an unknown name, a
+// bf16-only path with float32 weights, or a path the flags do not allow, naming what is missing.
+std::string fff_native_pick_isa(const std::string& requested, const std::vector<std::string>& flags,
+                                bool bf16_weights) {
+  if (requested == "auto") {
+    for (auto p = paths().rbegin(); p != paths().rend(); ++p)
+      if ((bf16_weights || !p->bf16_only) && has_all(flags, p->flags, nullptr)) return p->name;
+  }
+  for (const auto& p : paths()) {
+    if (requested != p.name) continue;
+    TORCH_CHECK_VALUE(bf16_weights || !p.bf16_only, "the ", p.name, " path is for bfloat16 weights only");
+    std::string missing;
+    TORCH_CHECK_VALUE(has_all(flags, p.flags, &missing), "the ", p.name, " path needs the CPU flags ", missing,
+                      ", which this CPU lacks");
+    return p.name;
+  }
+  TORCH_CHECK_VALUE(false, "isa must be 'auto', 'scalar', 'avx2', 'avx512' or 'avx512_bf16', got '", requested, "'");
+  return "";
+}
+
+using ufkit_fff::check_2d;
 
 // y (B, H_out) = FFF(x); route, if non-empty, receives the (B, K*(D+1)) visited rows as int32; out, if given,
 // is written instead of a new tensor (a fresh 50 MB output costs ~25 ms of page faults on a small VM).
+// x is float32; w_in and wt_out are both float32, or both bfloat16 (then x is rounded to bfloat16 for the
+// dot products, which sum in float32, and the output sums bf16 rows with float32 coefficients).
 at::Tensor fff_native_forward(at::Tensor x, at::Tensor w_in, at::Tensor b_in, at::Tensor wt_out,
                                  int64_t depth, int64_t n_trees, int64_t version, at::Tensor route,
-                                 std::optional<at::Tensor> out) {
-  check_f32_2d(x, "x");
-  check_f32_2d(w_in, "w_in");
-  check_f32_2d(wt_out, "wt_out");
+                                 std::optional<at::Tensor> out, const std::string& isa) {
+  const bool bf16 = w_in.scalar_type() == at::kBFloat16;
+  const at::ScalarType wtype = bf16 ? at::kBFloat16 : at::kFloat;
+  static const std::vector<std::string> cpu = fff_native_cpu_features();
+  const std::string path = fff_native_pick_isa(isa, cpu, bf16);  // the guard: never a path this CPU lacks
+  check_2d(x, "x", at::kFloat);
+  check_2d(w_in, "w_in", wtype);
+  check_2d(wt_out, "wt_out", wtype);  // the same dtype as w_in
   TORCH_CHECK_VALUE(depth >= 0 && depth <= 20, "depth must be in [0, 20], got ", depth);
   TORCH_CHECK_VALUE(n_trees >= 1, "n_trees must be >= 1, got ", n_trees);
   const int64_t N = (int64_t(1) << (depth + 1)) - 1;
@@ -303,7 +445,6 @@ at::Tensor fff_native_forward(at::Tensor x, at::Tensor w_in, at::Tensor b_in, at
                       "route must be a contiguous int32 tensor of shape (B, ", L, ")");
     route_ptr = route.data_ptr<int32_t>();
   }
-  const bool avx2 = ufkit::cpu_has_avx2();
   // v4 pays off once its buckets hold many tokens each; small batches route in blocks (v3), which also
   // splits them between threads 64 tokens at a time.
   // With many trees v3 is better too: v4 makes two passes (two parallel regions) and a read-modify-write of y
@@ -311,40 +452,20 @@ at::Tensor fff_native_forward(at::Tensor x, at::Tensor w_in, at::Tensor b_in, at
   if (version == 0)
     version = n_trees <= 2 && depth > g_sub_depth && x.size(0) >= (int64_t(16) << (depth - g_sub_depth)) ? 4 : 3;
   if (version == 4 && depth <= g_sub_depth) version = 3;  // the tree fits L2 whole: one pass is enough
-  if (version > 1 && !avx2) version = 1;  // plain C++ on CPUs without AVX2
   at::Tensor y;
   if (out.has_value()) {
     y = *out;
-    check_f32_2d(y, "out");
+    check_2d(y, "out", at::kFloat);
     TORCH_CHECK_VALUE(y.size(0) == x.size(0) && y.size(1) == wt_out.size(1), "out must have shape (", x.size(0), ", ",
                       wt_out.size(1), "), got ", y.sizes());
   } else {
     y = new_output(x.size(0), wt_out.size(1));
   }
-  Args a{x.data_ptr<float>(), w_in.data_ptr<float>(), b_in.data_ptr<float>(), wt_out.data_ptr<float>(),
-         y.data_ptr<float>(), route_ptr, x.size(0), x.size(1), wt_out.size(1), int(depth), int(n_trees), N, L};
-  const int64_t B = a.B;
-  if (B == 0) return y;
-  thread_local std::vector<int64_t> cur_v;
-  thread_local std::vector<int32_t> node_v;
-  thread_local std::vector<float> act_v;
-  int64_t* cur = version >= 3 ? scratch(cur_v, B) : nullptr;
-  int32_t* node = version >= 3 ? scratch(node_v, B * L) : nullptr;
-  float* act = version >= 3 ? scratch(act_v, B * L) : nullptr;
-  if (version == 4) {
-    two_pass(a, cur, node, act);
-    if (route_ptr) std::copy(node, node + B * L, route_ptr);
-    return y;
-  }
-  // Threads split the tokens into contiguous ranges (whole blocks for v3); torch's intra-op pool.
-  const int64_t grain = version == 3 ? kBlock : 16;
-  at::parallel_for(0, (B + grain - 1) / grain, 1, [&](int64_t g0, int64_t g1) {
-    const int64_t t0 = g0 * grain, t1 = std::min(B, g1 * grain);
-    if (version == 1) per_token<false>(a, t0, t1);
-    else if (version == 2) per_token<true>(a, t0, t1);
-    else blocked(a, t0, t1, cur, node, act);
-  });
-  if (version == 3 && route_ptr) std::copy(node, node + B * L, route_ptr);
+  if (x.size(0) == 0) return y;
+  if (bf16)
+    forward_impl<ufkit::bf16>(x, w_in, b_in, wt_out, y, route_ptr, int(depth), int(n_trees), version, path);
+  else
+    forward_impl<float>(x, w_in, b_in, wt_out, y, route_ptr, int(depth), int(n_trees), version, path);
   return y;
 }
 
@@ -366,8 +487,10 @@ int64_t fff_native_set_tuning(const std::string& name, int64_t value) {
 // Ops under torch.ops.ufkit_native (ATen-only headers: a build takes seconds, not a minute).
 TORCH_LIBRARY(ufkit_native, m) {
   m.def("forward(Tensor x, Tensor w_in, Tensor b_in, Tensor wt_out, int depth, int n_trees, int version, "
-        "Tensor route, Tensor? out) -> Tensor",
+        "Tensor route, Tensor? out, str isa='auto') -> Tensor",
         &fff_native_forward);
   m.def("has_avx2() -> bool", &fff_native_has_avx2);
+  m.def("cpu_features() -> str[]", &fff_native_cpu_features);
+  m.def("pick_isa(str requested, str[] flags, bool bf16_weights=False) -> str", &fff_native_pick_isa);
   m.def("set_tuning(str name, int value) -> int", &fff_native_set_tuning);
 }

@@ -100,6 +100,253 @@ def test_native_versions(version):
         assert_conforms(y, route, x, w_in, b_in, w_out, depth, n_trees)
 
 
+# ---- CPU paths of the native kernel: one build, dispatched on cpuid --------------------------------------
+
+AVX2_ONLY = ("avx2", "fma")
+AVX512 = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq")
+AVX512_BF16 = AVX512 + ("avx512_bf16",)
+BF16 = torch.bfloat16
+FP32_PATHS = [p for p in kernels.CPU_PATHS if p != "avx512_bf16"]
+#: (path, weight dtype) pairs the native kernel has: every path with float32 weights, and with bfloat16 ones.
+PATH_CASES = [(p, torch.float32) for p in FP32_PATHS] + [(p, BF16) for p in kernels.CPU_PATHS]
+PATH_IDS = [f"{p}-{'bf16' if d == BF16 else 'fp32'}" for p, d in PATH_CASES]
+
+
+def need_path(path: str, weight_dtype=torch.float32) -> None:
+    """Skip, saying so, when this CPU cannot run the native kernel's ``path``; the skip reason names the
+    missing CPU flags (``pytest -rs`` lists the paths that were not run)."""
+    need("native")
+    try:
+        kernels.cpu_path(path, weight_dtype)
+    except ValueError as exc:
+        pytest.skip(f"CPU path {path!r} not run on this CPU: {exc}")
+
+
+def rounded(x, w_in, b_in, w_out, weight_dtype):
+    """The inputs as the kernel sees them: with bfloat16 weights, x, w_in and w_out rounded to bfloat16."""
+    if weight_dtype != BF16:
+        return x, w_in, b_in, w_out
+    return x.bfloat16().float(), w_in.bfloat16().float(), b_in, w_out.bfloat16().float()
+
+
+def run_path(x, w_in, b_in, w_out, depth, n_trees, path, weight_dtype, **kw):
+    """The native kernel on one path; returns (y, route) and checks them against the reference."""
+    y, route = fff_forward(x, w_in, b_in, w_out, depth, n_trees, "native", isa=path, weight_dtype=weight_dtype,
+                           return_route=True, **kw)
+    assert_conforms(y, route, *rounded(x, w_in, b_in, w_out, weight_dtype), depth, n_trees)
+    return y, route
+
+
+@pytest.mark.parametrize("path,weight_dtype", PATH_CASES, ids=PATH_IDS)
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_cpu_path_conformance(path, weight_dtype, version):
+    """Every version on every CPU path and weight dtype (v1 is the plain loop whatever the path): odd H
+    (masked and scalar tails), batches 0..130, 1..4 trees, depth 0..11."""
+    need_path(path, weight_dtype)
+    seed = zlib.crc32(f"{path}{weight_dtype}{version}".encode())
+    for rng, depth, n_trees, h_in, h_out, batch in random_cases(30, seed=seed):
+        x, w_in, b_in, w_out = make_case(rng, depth, n_trees, h_in, h_out, batch)
+        run_path(x, w_in, b_in, w_out, depth, n_trees, path, weight_dtype, version=version)
+
+
+@pytest.mark.parametrize("path,weight_dtype", PATH_CASES, ids=PATH_IDS)
+def test_cpu_path_vector_edges(path, weight_dtype):
+    """H on both sides of every vector width and strip (8, 16, 32, 64, 128 elements), with runs of >= 4
+    tokens at a node (the multi-token dot) and without."""
+    need_path(path, weight_dtype)
+    for h in (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 144, 200, 257):
+        for batch in (1, 70):
+            x, w_in, b_in, w_out = make_case(random.Random(h * 1000 + batch), 3, 2, h, h, batch)
+            run_path(x, w_in, b_in, w_out, 3, 2, path, weight_dtype)
+
+
+@pytest.mark.parametrize("path,weight_dtype", PATH_CASES, ids=PATH_IDS)
+@pytest.mark.parametrize("depth,n_trees,h,batch", [(11, 1, 768, 3000), (7, 3, 101, 2500), (11, 2, 33, 1)])
+def test_cpu_path_large(path, weight_dtype, depth, n_trees, h, batch):
+    """1x11 at H = 768 over 3000 tokens takes the two-pass kernel with streamed stores into a huge-page output."""
+    need_path(path, weight_dtype)
+    x, w_in, b_in, w_out = make_case(random.Random(depth), depth, n_trees, h, h, batch, scale=0.02)
+    y, _ = run_path(x, w_in, b_in, w_out, depth, n_trees, path, weight_dtype)
+    out = torch.empty_like(y)  # the same through out=, which need not be 64-byte aligned
+    fff_forward(x, w_in, b_in, w_out, depth, n_trees, "native", isa=path, weight_dtype=weight_dtype, out=out)
+    torch.testing.assert_close(out, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path,weight_dtype", PATH_CASES, ids=PATH_IDS)
+def test_cpu_path_ties_go_left(path, weight_dtype):
+    need_path(path, weight_dtype)
+    x, w_in, b_in, w_out = make_case(random.Random(0), 4, 2, 19, 5, 9)
+    x.zero_()
+    b_in.zero_()
+    y, route = fff_forward(x, w_in, b_in, w_out, 4, 2, "native", isa=path, weight_dtype=weight_dtype,
+                           return_route=True)
+    left = [2**level - 1 for level in range(5)]
+    assert (route == torch.tensor([t * n_nodes(4) + i for t in range(2) for i in left], dtype=route.dtype)).all()
+    assert torch.equal(y, torch.zeros_like(y))
+
+
+@pytest.mark.parametrize(
+    "flags,want,want_bf16",
+    [((), "scalar", "scalar"), (AVX2_ONLY, "avx2", "avx2"), (AVX512, "avx512", "avx512"),
+     (AVX512_BF16, "avx512", "avx512_bf16"),
+     (tuple(f for f in AVX512 if f != "avx512bw"), "avx2", "avx2"),  # F without BW (Knights Landing): not ours
+     (AVX2_ONLY + ("avx512_bf16",), "avx2", "avx2"),  # BF16 alone is not enough
+     (("avx2",), "scalar", "scalar")],  # AVX2 without FMA
+    ids=["none", "avx2-only", "avx512", "avx512-bf16", "avx512-no-bw", "avx2-bf16", "avx2-no-fma"],
+)
+def test_dispatcher_picks_a_path_the_cpu_supports(monkeypatch, flags, want, want_bf16):
+    """The dispatcher with the CPU flags mocked: the widest supported path, never one the flags lack; forcing
+    a missing path is an error naming the missing flags. The kernel then runs the pick where the real CPU can,
+    and refuses it where it cannot (its own cpuid check)."""
+    need("native")
+    monkeypatch.setattr(kernels, "_cpu_flags", lambda: flags)
+    monkeypatch.delenv(kernels.ISA_ENV, raising=False)
+    for dtype, pick, names in ((torch.float32, want, FP32_PATHS), (BF16, want_bf16, list(kernels.CPU_PATHS))):
+        assert kernels.cpu_path(weight_dtype=dtype) == pick == kernels.cpu_path("auto", dtype)
+        n = names.index(pick) + 1
+        assert kernels.cpu_paths(dtype) == names[:n]
+        for path in names[n:]:
+            with pytest.raises(ValueError, match=f"the {path} path needs the CPU flags [a-z0-9_, ]+, which this CPU"):
+                kernels.cpu_path(path, dtype)
+    with pytest.raises(ValueError, match="the avx512_bf16 path is for bfloat16 weights only"):
+        kernels.cpu_path("avx512_bf16")
+    x, w_in, b_in, w_out = make_case(random.Random(6), 5, 2, 40, 24, 70)
+    for dtype, pick in ((torch.float32, want), (BF16, want_bf16)):
+        if pick in real_paths(dtype):
+            y, route = fff_forward(x, w_in, b_in, w_out, 5, 2, "native", weight_dtype=dtype, return_route=True)
+            assert_conforms(y, route, *rounded(x, w_in, b_in, w_out, dtype), 5, 2)
+        else:
+            with pytest.raises(ValueError, match=f"the {pick} path needs"):
+                fff_forward(x, w_in, b_in, w_out, 5, 2, "native", weight_dtype=dtype)
+
+
+def real_paths(weight_dtype=torch.float32) -> list[str]:
+    """The paths of the real CPU (cpuid), whatever a test mocks."""
+    mod = kernels.load_extension("native")
+    bf16 = weight_dtype == BF16
+    return [p for p in kernels.CPU_PATHS if _supported(mod, p, bf16)]
+
+
+def _supported(mod, path, bf16):
+    try:
+        mod.pick_isa(path, mod.cpu_features(), bf16)
+        return True
+    except ValueError:
+        return False
+
+
+def test_dispatcher_real_cpu_and_environment(monkeypatch):
+    """On the real CPU: auto is the widest supported path; UFKIT_FFF_ISA forces one, isa= beats it; unknown
+    names are refused, by the Python wrapper and by the op itself."""
+    need("native")
+    monkeypatch.delenv(kernels.ISA_ENV, raising=False)
+    paths = real_paths()
+    assert paths[0] == "scalar" and kernels.cpu_paths() == paths and kernels.cpu_path() == paths[-1]
+    assert kernels.cpu_paths(BF16) == real_paths(BF16)
+    x, w_in, b_in, w_out = make_case(random.Random(8), 6, 1, 48, 16, 33)
+    ref = fff_reference(x, w_in, b_in, w_out, 6, 1)
+    for path in paths:
+        monkeypatch.setenv(kernels.ISA_ENV, path)
+        assert kernels.cpu_path() == path and kernels.cpu_path("scalar") == "scalar"
+        torch.testing.assert_close(fff_forward(x, w_in, b_in, w_out, 6, 1, "native"), ref, rtol=1e-5, atol=1e-6)
+    monkeypatch.setenv(kernels.ISA_ENV, "avx1024")
+    with pytest.raises(ValueError, match="UFKIT_FFF_ISA='avx1024': isa must be"):
+        kernels.cpu_path()
+    with pytest.raises(ValueError, match="UFKIT_FFF_ISA"):
+        fff_forward(x, w_in, b_in, w_out, 6, 1, "native")
+    fff_forward(x, w_in, b_in, w_out, 6, 1, "torch_gather")  # only the native backend reads it
+    mod = kernels.load_extension("native")
+    wt = kernels.transposed_weight(w_out)
+    no_route = torch.empty(0, 0, dtype=torch.int32)
+    with pytest.raises(ValueError, match="isa must be"):
+        mod.forward(x, w_in, b_in, wt, 6, 1, 0, no_route, None, "sse")
+    for path in set(FP32_PATHS) - set(paths):  # the op's own guard, on a CPU without AVX-512 or AVX2
+        with pytest.raises(ValueError, match=f"the {path} path needs"):
+            mod.forward(x, w_in, b_in, wt, 6, 1, 0, no_route, None, path)
+    for path in set(kernels.CPU_PATHS) - set(real_paths(BF16)):
+        with pytest.raises(ValueError, match=f"the {path} path needs"):
+            mod.forward(x, w_in.bfloat16(), b_in, wt.bfloat16(), 6, 1, 0, no_route, None, path)
+
+
+def test_cpu_paths_agree():
+    """Every supported path on one real-size input: the same routes, outputs within float32 rounding."""
+    need("native")
+    x, w_in, b_in, w_out = make_case(random.Random(9), 11, 1, 768, 768, 300, scale=0.02)
+    for dtype in (torch.float32, BF16):
+        paths = real_paths(dtype)
+        outs = {p: fff_forward(x, w_in, b_in, w_out, 11, 1, "native", isa=p, weight_dtype=dtype, return_route=True)
+                for p in paths}
+        y0, r0 = outs[paths[-1]]
+        for p in paths:
+            assert torch.equal(outs[p][1], r0), p
+            torch.testing.assert_close(outs[p][0], y0, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_weights_arguments_and_cache():
+    need("native")
+    x, w_in, b_in, w_out = make_case(random.Random(10), 4, 2, 24, 12, 9)
+    with pytest.raises(ValueError, match="weight_dtype must be"):
+        fff_forward(x, w_in, b_in, w_out, 4, 2, "native", weight_dtype=torch.float16)
+    with pytest.raises(ValueError, match="needs the native backend"):
+        fff_forward(x, w_in, b_in, w_out, 4, 2, "torch_gather", weight_dtype=BF16)
+    with pytest.raises(ValueError, match="float32"):  # bf16 weights are made from float32 ones
+        fff_forward(x, w_in.bfloat16(), b_in, w_out.bfloat16(), 4, 2, "native", weight_dtype=BF16)
+    mod = kernels.load_extension("native")
+    wi, wt = kernels.bfloat16_weights(w_in, w_out)
+    assert wi.dtype == wt.dtype == BF16 and wt.shape == (w_out.shape[1], w_out.shape[0])
+    with pytest.raises(ValueError, match="wt_out must be bfloat16"):
+        mod.forward(x, wi, b_in, wt.float(), 4, 2, 0, torch.empty(0, 0, dtype=torch.int32), None, "auto")
+    y = fff_forward(x, w_in, b_in, w_out, 4, 2, weight_dtype=BF16)  # auto: native
+    torch.testing.assert_close(y, fff_reference(*rounded(x, w_in, b_in, w_out, BF16), 4, 2), rtol=1e-5, atol=1e-6)
+    w_out.mul_(2.0)  # the cached bf16 copy follows an in-place update
+    y2 = fff_forward(x, w_in, b_in, w_out, 4, 2, "native", weight_dtype=BF16)
+    torch.testing.assert_close(y2, 2 * y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not on PATH")
+def test_native_build_runs_on_any_x86_64():
+    """One build for every CPU: outside the routines the dispatcher guards (named *avx2* / *avx512*), the
+    compiled extension has no AVX instruction at all (none VEX/EVEX-encoded, no ymm/zmm/mask register), so
+    a CPU without AVX-512 (or AVX) never meets one unless its cpuid said yes."""
+    need("native")
+    so = next((kernels.build_dir() / "native").glob("ufkit_fff_native*.so"))
+    asm = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-C", str(so)], capture_output=True, text=True,
+                         check=True).stdout
+    vector_fns, offenders, fn = set(), set(), "?"
+    for line in asm.splitlines():
+        if line.endswith(">:"):
+            fn = line.split("<", 1)[1][:-2]
+            continue
+        parts = line.split("\t")
+        if len(parts) < 2:
+            continue
+        insn = parts[1].strip()
+        if insn.startswith("v") or any(r in insn for r in ("%ymm", "%zmm", "%k1", "%k2", "%k3", "%k4", "%k5")):
+            (vector_fns if "avx" in fn else offenders).add(fn)
+    assert not offenders, sorted(offenders)[:5]
+    assert any("avx512" in f for f in vector_fns) and any("avx2" in f for f in vector_fns)
+
+
+def test_bench_records_the_cpu_path():
+    """The fff bench names the path of every row; isa="all" times each supported native path, for float32
+    and for bfloat16 weights (beside the bfloat16 dense baseline)."""
+    need("native")
+    from ufkit.fff.bench import bench_fff
+
+    df = bench_fff(("native", "native_bf16", "torch_gather", "dense_torch", "dense_torch_bf16"), configs=((1, 3),),
+                   batches=(5,), hidden_size=17, threads=1, n_warmup=0, n_iters=1, dense_widths=(15,), isa="all")
+    assert list(df[df.backend == "native"].cpu_path) == real_paths()
+    assert list(df[df.backend == "native_bf16"].cpu_path) == real_paths(BF16)
+    others = df[~df.backend.str.startswith("native")]
+    assert len(others) == 3 and others.cpu_path.str.startswith("torch-").all()
+    assert (df[df.backend == "native_bf16"].gbytes_per_s > 0).all()
+    df = bench_fff(("native", "native_bf16"), configs=((1, 3),), batches=(5,), hidden_size=17, threads=1,
+                   n_warmup=0, n_iters=1)
+    assert list(df.cpu_path) == [kernels.cpu_path(), kernels.cpu_path(weight_dtype=BF16)]
+    with pytest.raises(ValueError, match="isa must be"):
+        bench_fff(("native",), configs=((1, 3),), batches=(5,), hidden_size=17, n_iters=1, isa="avx1024")
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_exact_ties_go_left(backend):
     """x = 0 and b = 0 give z = 0 exactly at every node: every tree walks its left spine 0, 1, 3, 7, ..."""

@@ -431,8 +431,8 @@ def bench_fff(
     except ValueError as e:  # the sweep's own argument checks
         raise UfkitError(str(e)) from None
     store.append(TABLE, df)
-    cols = [c for c in ("backend", "width", "depth", "n_trees", "batch", "threads", "latency_ms_mean", "latency_ms_std")
-            if c in df]
+    cols = [c for c in ("backend", "cpu_path", "width", "depth", "n_trees", "batch", "threads", "latency_ms_mean",
+                        "latency_ms_std") if c in df]
     typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"results appended to {store.path(TABLE)}")
 

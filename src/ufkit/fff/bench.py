@@ -12,7 +12,12 @@ does between sentences.
 Timings go through :func:`ufkit.measure.timing.time_calls` (thread count, warm-up, the busy-machine check) and
 carry the result schema's columns (``latency_ms_mean``, ``latency_ms_std``, ``latency_ms_p50``,
 ``latency_ms_min``, ``n_calls``), each call a full forward that allocates its output (as the dense layer does).
-Rows are returned as a DataFrame and, given a ``table``, appended to the results store.
+Rows are returned as a DataFrame and, given a ``table``, appended to the results store. Each row names the code
+path that ran (``cpu_path``): for the native kernel the CPU path its dispatcher picked or was told to take
+(``scalar``, ``avx2``, ``avx512``, ``avx512_bf16``; several can be timed side by side, interleaved).
+
+bfloat16 weights (``native_bf16``, :func:`ufkit.fff.kernels.fff_forward` with ``weight_dtype=torch.bfloat16``)
+are compared with the dense layer in bfloat16 (``dense_torch_bf16``), never with a float32 one.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from .. import config
 from ..measure.machine import machine_info
 from ..measure.timing import num_threads, summarize, time_calls
-from .kernels import fff_forward, load_extension
+from .kernels import cpu_path, cpu_paths, fff_forward, load_extension
 from .reference import n_nodes
 
 __all__ = ["LADDER", "DENSE_BACKENDS", "FFF_BACKENDS", "bench_fff", "speedups", "measure_ceilings"]
@@ -33,9 +38,11 @@ __all__ = ["LADDER", "DENSE_BACKENDS", "FFF_BACKENDS", "bench_fff", "speedups", 
 #: UltraFastBERT's (n_trees, depth) ladder: each keeps K*(2**(D+1)-1) close to BERT-base's 3,072 neurons.
 LADDER = [(3072, 0), (1536, 1), (512, 2), (256, 3), (128, 4), (64, 5), (32, 6), (16, 7), (8, 8), (4, 9), (2, 10),
           (1, 11)]
-#: Dense baselines: torch Linear -> GELU -> Linear (oneDNN/MKL GEMM) and the same on MKL cblas_sgemm directly.
-DENSE_BACKENDS = ("dense_torch", "dense_mkl")
-FFF_BACKENDS = ("torch_gather", "native", "mkl", "cuda")
+#: Dense baselines: torch Linear -> GELU -> Linear (oneDNN/MKL GEMM), the same on MKL cblas_sgemm directly, and
+#: torch's in bfloat16 (weights and activations; x is cast in the call, the output stays bfloat16).
+DENSE_BACKENDS = ("dense_torch", "dense_mkl", "dense_torch_bf16")
+#: FFF backends of :func:`ufkit.fff.kernels.fff_forward`, and ``native_bf16``: native with bfloat16 weights.
+FFF_BACKENDS = ("torch_gather", "native", "mkl", "cuda", "native_bf16")
 #: The results-store table of the sweep.
 TABLE = "fff_bench"
 
@@ -60,6 +67,13 @@ def _sync(device):
 
 
 def _dense_fn(backend, w_in, b_in, w_out, b_out):
+    if backend == "dense_torch_bf16":
+        w_in, b_in, w_out, b_out = (t.to(torch.bfloat16) for t in (w_in, b_in, w_out, b_out))
+
+        def fn(x):
+            h = torch.nn.functional.gelu(torch.nn.functional.linear(x.to(torch.bfloat16), w_in, b_in))
+            return torch.nn.functional.linear(h, w_out, b_out)
+        return fn
     if backend == "dense_torch":
         def fn(x):
             return torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(x, w_in, b_in)),
@@ -67,6 +81,27 @@ def _dense_fn(backend, w_in, b_in, w_out, b_out):
         return fn
     mod = load_extension("mkl")
     return lambda x: mod.dense_ff(x, w_in, b_in, w_out, b_out)
+
+
+def _code_path(backend: str, device) -> str:
+    """What ``cpu_path`` says for a backend other than the native kernel: whose dispatch chose the code."""
+    if torch.device(device).type == "cuda":
+        return "cuda"
+    if backend in ("mkl", "dense_mkl"):
+        return "mkl"  # MKL dispatches on the CPU by itself
+    # torch: ATen's CPU capability picks its elementwise kernels; its GEMMs (MKL, oneDNN) dispatch by themselves
+    return "torch-" + torch.backends.cpu.get_cpu_capability().lower()
+
+
+def _native_paths(isa, weight_dtype) -> list[str]:
+    if isa is None:
+        return [cpu_path(None, weight_dtype)]
+    if isa == "all":
+        return cpu_paths(weight_dtype)
+    names = [isa] if isinstance(isa, str) else list(isa)
+    if not names:
+        raise ValueError("isa must name at least one CPU path")
+    return [cpu_path(name, weight_dtype) for name in names]  # ValueError for a path this CPU lacks
 
 
 def _machine(threads: int, device) -> dict:
@@ -90,13 +125,15 @@ def bench_fff(
     n_inputs: int = 3,
     seed: int = 0,
     max_seconds: float | None = None,
+    isa: str | Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Time FFF backends and dense baselines over (n_trees, depth) configs and batches of tokens.
 
     Args:
         backends: any of ``"torch_gather"``, ``"native"``, ``"mkl"``, ``"cuda"`` (FFF, see
-            :func:`ufkit.fff.kernels.fff_forward`) and ``"dense_torch"``, ``"dense_mkl"`` (dense baselines).
-            A backend that cannot be built is skipped with a warning.
+            :func:`ufkit.fff.kernels.fff_forward`), ``"native_bf16"`` (native with bfloat16 weights), and
+            ``"dense_torch"``, ``"dense_mkl"``, ``"dense_torch_bf16"`` (dense baselines, see
+            :data:`DENSE_BACKENDS`). A backend that cannot be built is skipped with a warning.
         configs: (n_trees, depth) pairs, e.g. :data:`LADDER`; FFF backends run each.
         batches: numbers of tokens per call (a call's input is `(batch, hidden_size)`).
         hidden_size: H_in = H_out.
@@ -109,19 +146,28 @@ def bench_fff(
         seed: seed of weights and inputs.
         max_seconds: time budget per row: stop timing once it is spent and at least 3 calls are timed
             (``n_calls`` in the row says how many were); None times all ``n_iters``.
+        isa: CPU paths of the ``native`` and ``native_bf16`` backends to time, a row each, interleaved call by
+            call (see :func:`ufkit.fff.kernels.cpu_path`): None is the dispatcher's pick (``UFKIT_FFF_ISA``, else
+            the widest path this CPU supports for the weight dtype), ``"all"`` every path this CPU supports, or
+            names from :data:`~ufkit.fff.kernels.CPU_PATHS` (each must suit every native backend asked for).
 
     Returns:
         `pandas.DataFrame`, one row per (backend, config or dense width, batch), columns ``backend``,
         ``hidden_size``, ``width`` (K*N, or I for dense), ``depth`` and ``n_trees`` (NA for dense), ``batch``,
         ``threads``, ``latency_ms_mean``, ``latency_ms_std``, ``latency_ms_p50``, ``latency_ms_p95``,
         ``latency_ms_min`` (median and minimum are robust on a machine that other work shares), ``n_calls``,
+        ``cpu_path`` (the code path that ran: ``scalar``/``avx2``/``avx512``/``avx512_bf16`` for the native
+        kernel; for the torch backends ``torch-<ATen CPU capability>``, e.g. ``torch-avx512`` (its GEMMs, MKL or
+        oneDNN, dispatch by themselves); ``mkl`` for the MKL backends, which dispatch by themselves; ``cuda`` on
+        a GPU),
         ``tokens_per_s``, ``gflops`` (useful FLOP/s:
         2*H*(K*(D+1))*2 per token for FFF, 2*H*I*2 for dense), ``gbytes_per_s`` (weight rows + x + y moved, at
         most: a lower bound on traffic for dense), the load columns (``busy``, ``other_cores``, ``attempts``) and
         the machine (:func:`ufkit.measure.machine.machine_info`, ``machine_id``, and ``device``).
 
     Raises:
-        ValueError: an unknown backend, an empty ``configs``/``batches`` or a non-positive size.
+        ValueError: an unknown backend, an empty ``configs``/``batches``, a non-positive size, or an ``isa``
+            path this CPU does not support.
     """
     import warnings
 
@@ -138,13 +184,18 @@ def bench_fff(
     threads = int(threads or config.bench_threads())
     usable = []
     for b in backends:
-        need = {"native": "native", "mkl": "mkl", "dense_mkl": "mkl", "cuda": "cuda"}.get(b)
+        need = {"native": "native", "native_bf16": "native", "mkl": "mkl", "dense_mkl": "mkl", "cuda": "cuda"}.get(b)
         try:
             if need:
                 load_extension(need)
             usable.append(b)
         except RuntimeError as exc:
             warnings.warn(f"skipping {b}: {exc}", RuntimeWarning, stacklevel=2)
+    if "native_bf16" in usable and torch.device(device).type != "cpu":
+        raise ValueError("native_bf16 runs on the CPU only")
+    on_cpu = torch.device(device).type == "cpu"
+    paths = {b: _native_paths(isa, torch.bfloat16 if b == "native_bf16" else torch.float32)
+             for b in ("native", "native_bf16") if b in usable and on_cpu}
     gen = torch.Generator().manual_seed(seed)
     rows = []
     machine = _machine(threads, device)
@@ -162,28 +213,38 @@ def bench_fff(
                     for width, k, d in plan:
                         w_in, b_in, w_out, b_out = _weights(width, H, H, gen, device)
                         if b in DENSE_BACKENDS:
-                            fn = _dense_fn(b, w_in, b_in, w_out, b_out)
+                            fns = {_code_path(b, device): _dense_fn(b, w_in, b_in, w_out, b_out)}
                             used = width
                         else:
-                            def fn(x, b=b, k=k, d=d, w_in=w_in, b_in=b_in, w_out=w_out):
-                                return fff_forward(x, w_in, b_in, w_out, d, k, backend=b)
+                            wdtype = torch.bfloat16 if b == "native_bf16" else None
+
+                            def fn(x, b=b, k=k, d=d, w_in=w_in, b_in=b_in, w_out=w_out, isa=None, wdtype=wdtype):
+                                return fff_forward(x, w_in, b_in, w_out, d, k, backend=b.removesuffix("_bf16"),
+                                                   isa=isa, weight_dtype=wdtype)
+                            if b in paths:  # one callable per CPU path, timed interleaved
+                                fns = {p: (lambda x, fn=fn, p=p: fn(x, isa=p)) for p in paths[b]}
+                            else:
+                                fns = {_code_path(b, device): fn}
                             used = k * (d + 1)
-                        timing = time_calls({b: fn}, [inputs[i % len(inputs)] for i in range(n_iters)],
+                        timing = time_calls(fns, [inputs[i % len(inputs)] for i in range(n_iters)],
                                             n_warmup=n_warmup, sync=sync, max_seconds=max_seconds)
-                        t = summarize(timing.times_ms[b], batch)
-                        t.pop("throughput_seq_per_s")  # rows are tokens: tokens_per_s below
-                        mean_ms = t["latency_ms_mean"]
-                        flops = 2 * 2 * H * used * batch
-                        traffic = 4 * (2 * H * min(used * batch, width) + 2 * H * batch)  # rows once + x + y
-                        rows.append({
-                            "backend": b, "hidden_size": H, "width": width,
-                            "depth": d, "n_trees": k, "batch": batch, "threads": threads,
-                            **t, **timing.load_columns(),
-                            "tokens_per_s": batch / (mean_ms / 1e3),
-                            "gflops": flops / (mean_ms / 1e3) / 1e9,
-                            "gbytes_per_s": traffic / (mean_ms / 1e3) / 1e9,
-                            **{k: v for k, v in machine.items() if k != "threads"},
-                        })
+                        for path in fns:
+                            t = summarize(timing.times_ms[path], batch)
+                            t.pop("throughput_seq_per_s")  # rows are tokens: tokens_per_s below
+                            mean_ms = t["latency_ms_mean"]
+                            flops = 2 * 2 * H * used * batch
+                            wbytes = 2 if b.endswith("_bf16") else 4
+                            # rows once + x + y
+                            traffic = wbytes * 2 * H * min(used * batch, width) + 4 * 2 * H * batch
+                            rows.append({
+                                "backend": b, "cpu_path": path, "hidden_size": H, "width": width,
+                                "depth": d, "n_trees": k, "batch": batch, "threads": threads,
+                                **t, **timing.load_columns(),
+                                "tokens_per_s": batch / (mean_ms / 1e3),
+                                "gflops": flops / (mean_ms / 1e3) / 1e9,
+                                "gbytes_per_s": traffic / (mean_ms / 1e3) / 1e9,
+                                **{k: v for k, v in machine.items() if k != "threads"},
+                            })
                         del w_in, b_in, w_out, b_out
     df = pd.DataFrame(rows)
     if len(df):

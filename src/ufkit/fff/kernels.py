@@ -7,8 +7,12 @@ BMM" implementation and ``native`` is the fused native implementation it propose
     PyTorch only: per level, gather each token's row of ``w_in`` and take a batched dot product (``bmm``);
     at the end one batched product with the gathered output rows. Any device, any float dtype.
 ``native``
-    C++ (ATen + OpenMP through torch's thread pool), fused: routing, GELU and the output sum in one pass;
-    AVX2+FMA when the CPU has it (``cpp/fff_native.cpp``). float32, CPU.
+    C++ (ATen + OpenMP through torch's thread pool), fused: routing, GELU and the output sum in one pass
+    (``cpp/fff_native.cpp``). float32, CPU; optionally bfloat16 weights (``weight_dtype=torch.bfloat16``).
+    One build holds several *CPU paths* of its vector routines, ``"scalar"``, ``"avx2"`` (AVX2+FMA),
+    ``"avx512"`` (AVX-512 F/BW/VL/DQ) and, for bfloat16 weights, ``"avx512_bf16"`` (dot products on
+    ``vdpbf16ps``); at run time it takes the widest the CPU supports (:func:`cpu_path`), or the one named by
+    ``fff_forward(isa=...)`` or the environment variable ``UFKIT_FFF_ISA``.
 ``mkl``
     C++ calling Intel MKL from the PyPI ``mkl`` package (``cpp/fff_mkl.cpp``). float32, CPU.
 ``cuda``
@@ -46,14 +50,24 @@ from .reference import check_fff_args, n_nodes
 
 __all__ = [
     "BACKENDS",
+    "CPU_PATHS",
+    "cpu_path",
+    "cpu_paths",
     "fff_forward",
     "available_backends",
     "build_dir",
     "load_extension",
     "transposed_weight",
+    "bfloat16_weights",
 ]
 
 BACKENDS = ("torch_gather", "native", "mkl", "cuda")
+#: The native kernel's CPU paths, narrowest first (see :func:`cpu_path`); ``avx512_bf16`` is for bfloat16 weights.
+CPU_PATHS = ("scalar", "avx2", "avx512", "avx512_bf16")
+#: Weight dtypes of the native kernel (x and the output are float32 with either).
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16)
+#: Environment variable that forces a CPU path of the native kernel (``auto`` or a name of :data:`CPU_PATHS`).
+ISA_ENV = "UFKIT_FFF_ISA"
 ROOT = Path(__file__).resolve().parents[3]  # the source checkout: cpp/ and cuda/ live here
 CPP_DIR = ROOT / "cpp"
 CUDA_DIR = ROOT / "cuda"
@@ -211,10 +225,91 @@ def available_backends(device: str | torch.device = "cpu", build: bool = True) -
     return names
 
 
+# ---- CPU paths of the native kernel ------------------------------------------------------------------
+
+_flags: list[tuple[str, ...]] = []
+
+
+def _cpu_flags() -> tuple[str, ...]:
+    """The CPU flags the native kernel's dispatcher sees (cpuid through libgcc, ``/proc/cpuinfo`` names).
+
+    Tests replace this function to mock a CPU; the kernel itself always checks the real flags too.
+    """
+    if not _flags:
+        _flags.append(tuple(load_extension("native").cpu_features()))
+    return _flags[0]
+
+
+_picked: dict[tuple[str, tuple[str, ...], bool], str] = {}
+
+
+def _weight_dtype(weight_dtype) -> torch.dtype:
+    dtype = torch.float32 if weight_dtype is None else weight_dtype
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be torch.float32 or torch.bfloat16, got {weight_dtype!r}")
+    return dtype
+
+
+def cpu_path(isa: str | None = None, weight_dtype: torch.dtype | None = None) -> str:
+    """The CPU path the native kernel runs: ``"avx512_bf16"`` (bfloat16 weights only), ``"avx512"``, ``"avx2"``
+    or ``"scalar"``.
+
+    Args:
+        isa: ``"auto"`` (the widest path the CPU supports), or a path of :data:`CPU_PATHS` to force; None reads
+            the environment variable ``UFKIT_FFF_ISA``, default ``"auto"``.
+        weight_dtype: ``torch.float32`` (default) or ``torch.bfloat16``, the weights the kernel is given.
+
+    Raises:
+        ValueError: an unknown name, ``avx512_bf16`` with float32 weights, or a path whose CPU flags this CPU
+            lacks (the message names them).
+        RuntimeError: the native extension cannot be built (the choice is made by its dispatcher).
+    """
+    bf16 = _weight_dtype(weight_dtype) == torch.bfloat16
+    source = "isa"
+    if isa is None:
+        isa, source = os.environ.get(ISA_ENV) or "auto", ISA_ENV
+    requested = isa.strip().lower()
+    flags = _cpu_flags()
+    key = (requested, flags, bf16)
+    path = _picked.get(key)
+    if path is None:
+        try:
+            path = load_extension("native").pick_isa(requested, list(flags), bf16)
+        except ValueError as exc:
+            raise ValueError(f"{source}={isa!r}: {exc}") from None
+        _picked[key] = path
+    return path
+
+
+def cpu_paths(weight_dtype: torch.dtype | None = None) -> list[str]:
+    """The native kernel's CPU paths this CPU supports for ``weight_dtype`` (default float32), narrowest
+    first: a subset of :data:`CPU_PATHS`."""
+    ok = []
+    for p in CPU_PATHS:
+        try:
+            ok.append(cpu_path(p, weight_dtype))
+        except ValueError:
+            pass
+    return ok
+
+
 # ---- prepacked weights ---------------------------------------------------------------------------------
 
 _packed: dict[tuple, tuple] = {}
 _PACKED_MAX = 8
+
+
+def _prepacked(w: torch.Tensor, kind: str, make) -> torch.Tensor:
+    """``make(w)``, cached per (``w``, ``kind``) while ``w`` is unchanged (see :func:`transposed_weight`)."""
+    key = (kind, w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w.device)
+    hit = _packed.get(key)
+    if hit is not None and hit[0] is w and hit[1] == w._version:
+        return hit[2]
+    packed = make(w.detach())
+    if len(_packed) >= _PACKED_MAX:
+        _packed.pop(next(iter(_packed)))
+    _packed[key] = (w, w._version, packed)
+    return packed
 
 
 def transposed_weight(w_out: torch.Tensor) -> torch.Tensor:
@@ -224,15 +319,15 @@ def transposed_weight(w_out: torch.Tensor) -> torch.Tensor:
     keeps a reference to ``w_out`` (so its memory cannot be reused by another tensor) and its version counter
     (so an in-place update such as an optimizer step invalidates the copy). At most 8 entries.
     """
-    key = (w_out.data_ptr(), tuple(w_out.shape), tuple(w_out.stride()), w_out.dtype, w_out.device)
-    hit = _packed.get(key)
-    if hit is not None and hit[0] is w_out and hit[1] == w_out._version:
-        return hit[2]
-    packed = w_out.detach().t().contiguous()  # (K*N, H_out)
-    if len(_packed) >= _PACKED_MAX:
-        _packed.pop(next(iter(_packed)))
-    _packed[key] = (w_out, w_out._version, packed)
-    return packed
+    return _prepacked(w_out, "t", lambda w: w.t().contiguous())  # (K*N, H_out)
+
+
+def bfloat16_weights(w_in: torch.Tensor, w_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The native kernel's bfloat16 weights: ``w_in`` `(K*N, H_in)` and ``w_out`` transposed, `(K*N, H_out)`,
+    rounded to nearest even; cached like :func:`transposed_weight`."""
+    wi = _prepacked(w_in, "bf16", lambda w: w.to(torch.bfloat16).contiguous())
+    wt = _prepacked(w_out, "t-bf16", lambda w: w.t().to(torch.bfloat16).contiguous())
+    return wi, wt
 
 
 # ---- backends ------------------------------------------------------------------------------------------
@@ -267,13 +362,19 @@ def _torch_gather(x2, w_in, b_in, w_out, depth, n_trees, route):
     return y
 
 
-def _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version=None, out=None):
+def _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version=None, out=None, isa=None,
+              weight_dtype=torch.float32):
     mod = load_extension(backend)
-    wt = transposed_weight(w_out)
     r = route if route is not None else torch.empty(0, 0, dtype=torch.int32, device=x2.device)
-    args = (x2, w_in.contiguous(), b_in.contiguous(), wt, depth, n_trees)
     version = 0 if version is None else version
-    if backend in ("native", "mkl"):
+    if weight_dtype == torch.bfloat16:
+        wi, wt = bfloat16_weights(w_in, w_out)
+        return mod.forward(x2, wi, b_in.contiguous(), wt, depth, n_trees, version, r, out, cpu_path(isa, weight_dtype))
+    wt = transposed_weight(w_out)
+    args = (x2, w_in.contiguous(), b_in.contiguous(), wt, depth, n_trees)
+    if backend == "native":
+        return mod.forward(*args, version, r, out, cpu_path(isa))
+    if backend == "mkl":
         return mod.forward(*args, version, r, out)
     stream = torch.cuda.current_stream(x2.device).cuda_stream
     return mod.forward(*args, version, r, out, stream)
@@ -295,7 +396,8 @@ def _auto(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "auto", *,
-                version: int | None = None, return_route: bool = False, out: torch.Tensor | None = None):
+                version: int | None = None, return_route: bool = False, out: torch.Tensor | None = None,
+                isa: str | None = None, weight_dtype: torch.dtype | None = None):
     """Inference form of a FFF layer: touch only the K*(D+1) visited neurons of each token.
 
     Args:
@@ -307,13 +409,24 @@ def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "
             (:func:`transposed_weight`).
         depth, n_trees: D and K.
         backend: ``"auto"``, ``"torch_gather"``, ``"native"``, ``"mkl"`` or ``"cuda"`` (module docstring).
-        version: kernel version of a compiled backend (``native``: 1 plain loop, 2 AVX2 per token, 3 token
+        version: kernel version of a compiled backend (``native``: 1 plain loop, 2 SIMD per token, 3 token
             blocks grouped by node, 4 the same in two passes over a sub-tree that fits L2, for deep trees and
             large batches; ``mkl``: 1; ``cuda``: 1 a thread per token, 2 a warp per token); ``None`` is the
             fastest for the shapes (the native kernel picks 3 or 4).
         return_route: also return the visited nodes.
         out: optional contiguous tensor of shape `(..., H_out)` (x's dtype and device) to write the result
             into, as ``torch.matmul(..., out=)``: saves allocating (and page-faulting) a fresh output.
+        isa: CPU path of the ``native`` backend's vector routines (versions 2-4): ``"auto"``, ``"scalar"``,
+            ``"avx2"``, ``"avx512"`` or (bfloat16 weights) ``"avx512_bf16"``; None reads ``UFKIT_FFF_ISA``
+            (default ``"auto"``, see :func:`cpu_path`). Other backends ignore it.
+        weight_dtype: ``torch.float32`` (default) or ``torch.bfloat16``, ``native`` backend only (``"auto"``
+            then means ``native``): the kernel reads ``w_in`` and ``w_out`` rounded to bfloat16
+            (:func:`bfloat16_weights`, cached) and rounds x to bfloat16 for the routing dot products, whose
+            products are summed in float32; b_in, the GELU values and the output sum stay float32. Half the
+            weight bytes: for the memory-bound small batches. The result equals :func:`fff_reference` of
+            ``x``, ``w_in`` and ``w_out`` rounded to bfloat16 up to float32 rounding (not the float32 layer's
+            result: that differs by the weights' rounding, ~0.4 % relative, and a route can differ where a
+            pre-activation is that close to 0).
 
     Returns:
         `torch.FloatTensor` of shape `(..., H_out)` equal to :func:`ufkit.fff.reference.fff_reference` (up to float
@@ -323,11 +436,17 @@ def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "
 
     Raises:
         ValueError: bad shapes, dtypes (compiled backends need float32), devices, a weight size that does not
-            match (n_trees, depth), or an unknown backend.
+            match (n_trees, depth), an unknown backend, (``native``) an ``isa`` this CPU does not support, or a
+            ``weight_dtype`` other than float32 and bfloat16 (bfloat16 with a backend other than native).
         RuntimeError: an explicitly requested compiled backend cannot be built.
     """
     if backend not in ("auto",) + BACKENDS:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    weight_dtype = _weight_dtype(weight_dtype)
+    if weight_dtype == torch.bfloat16:
+        if backend not in ("auto", "native"):
+            raise ValueError(f"weight_dtype=torch.bfloat16 needs the native backend, got backend={backend!r}")
+        backend = "native"
     check_fff_args(x, w_in, b_in, w_out, depth, n_trees, require_float32=backend in ("native", "mkl", "cuda"))
     if backend == "auto":
         backend = _auto(x.device, x.dtype)
@@ -353,7 +472,7 @@ def fff_forward(x, w_in, b_in, w_out, depth: int, n_trees: int, backend: str = "
         if out2 is not None:
             y = out2.copy_(y)
     else:
-        y = _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version, out2)
+        y = _compiled(backend, x2, w_in, b_in, w_out, depth, n_trees, route, version, out2, isa, weight_dtype)
     y = y.reshape(*lead, w_out.shape[0])
     if return_route:
         return y, route.reshape(*lead, L)
