@@ -133,13 +133,16 @@ def test_sparse_finetune_ends_at_target_and_masked_weights_stay_zero(tiny, train
 
 
 def test_teacher_rows_follow_the_batches(tiny, train_ds):
+    """Gradual pruning and QAT train with distillation's objective: each batch carries its rows' indices."""
+    from ufkit.compression.distillation import ROW_COLUMN
     from ufkit.compression.sparsity import _objective
 
     model, tok = tiny
-    loader, _ = _objective(model, tok, train_ds, _cfg(), torch.zeros(len(train_ds), 2), 2.0, 0.5)
+    _, loader, _ = _objective(model, tok, train_ds, _cfg(), torch.zeros(len(train_ds), 2), 2.0, 0.5)
     rows = []
     for batch in loader:
-        for row, ids, mask, label in zip(batch["row"], batch["input_ids"], batch["attention_mask"], batch["labels"]):
+        for row, ids, mask, label in zip(batch[ROW_COLUMN], batch["input_ids"], batch["attention_mask"],
+                                         batch["labels"]):
             assert ids[mask.bool()].tolist() == train_ds[int(row)]["input_ids"]
             assert int(label) == train_ds[int(row)]["label"]
             rows.append(int(row))

@@ -1,4 +1,5 @@
-"""The ``ufkit`` command line: ``finetune``, ``evaluate``, ``benchmark``, ``quantize``, ``bench-fff``.
+"""The ``ufkit`` command line: ``finetune``, ``evaluate``, ``benchmark``, ``quantize``, ``bench-fff``, and the
+compression commands ``distill``, ``prune``, ``theseus`` and ``qat`` (chapter 3), whose outputs the others load.
 
 ``ufkit evaluate`` and ``ufkit benchmark`` given a folder written by ``ufkit quantize`` run every variant in it.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -435,6 +437,303 @@ def bench_fff(
                         "latency_ms_std") if c in df]
     typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"results appended to {store.path(TABLE)}")
+
+
+# ------------------------------------------------------------------------------------------------ compression
+
+
+def _compression_inputs(model, data, subset, text_column, label_column):
+    """Check --model (a fine-tuned classifier), load it and the task with the model's label numbering."""
+    from .models import load_model
+    from .quantization import check_classifier
+
+    try:
+        source = check_classifier(model)
+    except UfkitError as e:
+        raise UfkitError(f"--model: {e}") from None
+    teacher, tokenizer = load_model(source)
+    task = _load_task(data, subset, text_column, label_column, _model_label_names(source))
+    return teacher, tokenizer, task
+
+
+def _layer_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        raise UfkitError(f"{option} must be comma-separated layer indices such as 0,2,4, got {text!r}") from None
+
+
+def _report(net, tokenizer, task, output: Path, info: dict) -> None:
+    from .evaluate import evaluate as evaluate_model
+
+    typer.echo(f"model saved in {output} ({info.get('steps', 0)} steps, {info.get('train_seconds', 0.0):.1f} s)")
+    if "validation" in task.splits:
+        row = evaluate_model(net, tokenizer, task["validation"], name=str(output))
+        (Path(output) / "metrics.json").write_text(json.dumps(row.to_dict(), indent=2))
+        typer.echo(_metrics_table(row))
+
+
+EpochsOpt = typer.Option(1.0, help="Passes over the training sentences.")
+BatchOpt = typer.Option(32, "--batch-size", "-b", help="Sequences per step.")
+LrOpt = typer.Option(1e-4, help="Peak AdamW learning rate.")
+SeedOpt = typer.Option(42, help="Random seed.")
+RetrainOpt = typer.Option(False, help="Train even if OUTPUT already holds a result of the same recipe.")
+
+
+@app.command()
+@_errors_as_one_line
+def distill(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the student (safetensors)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The fine-tuned teacher classifier."),
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    layers: Optional[str] = typer.Option(None, help="Teacher layers that initialise the student, e.g. 0,2,4."),
+    num_layers: Optional[int] = typer.Option(None, help="Student depth; its layers are spread evenly over the "
+                                             "teacher's (default 3 when --layers is not given)."),
+    mode: str = typer.Option("soft", help="soft (KL at --temperature) or hard (the teacher's argmax as label)."),
+    temperature: float = typer.Option(2.0, help="Softmax temperature of the soft labels."),
+    alpha: float = typer.Option(0.8, help="Weight of the distillation term; 1 - alpha on the gold labels."),
+    hidden_weight: float = typer.Option(0.0, help="Weight of the hidden-state MSE (TinyBERT); 0 = logits only."),
+    unlabeled: bool = typer.Option(False, help="Ignore the labels: distil on the training text (and an unlabeled "
+                                   "test split when the data has one) from the teacher alone."),
+    epochs: float = EpochsOpt,
+    batch_size: int = BatchOpt,
+    learning_rate: float = LrOpt,
+    n_train: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many sentences."),
+    seed: int = SeedOpt,
+    retrain: bool = RetrainOpt,
+):
+    """Distil a fine-tuned classifier into a student made of some of its layers (Hinton et al. 2015)."""
+    import datasets
+
+    from .compression import distillation as D
+    from .data import subset as sample
+
+    _positive("--batch-size", batch_size)
+    _positive("--n-train", n_train)
+    _positive("--num-layers", num_layers)
+    if mode not in ("soft", "hard"):
+        raise UfkitError(f"--mode must be soft or hard, got {mode!r}")
+    if not temperature > 0:
+        raise UfkitError(f"--temperature must be positive, got {temperature}")
+    if not 0 <= alpha <= 1:
+        raise UfkitError(f"--alpha must be in [0, 1], got {alpha}")
+    teacher, tokenizer, task = _compression_inputs(model, data, subset, text_column, label_column)
+    depth = teacher.config.num_hidden_layers
+    if layers is not None:
+        keep = _layer_list(layers, "--layers")
+        bad = [i for i in keep if not 0 <= i < depth]
+        if bad or len(set(keep)) != len(keep) or not keep:
+            raise UfkitError(f"--layers must be distinct indices in [0, {depth - 1}] of the {depth}-layer teacher, "
+                             f"got {layers!r}")
+    else:
+        n = num_layers or min(3, depth)
+        if n > depth:
+            raise UfkitError(f"--num-layers {n}: a student cannot be deeper than its {depth}-layer teacher")
+        keep = [round(i * depth / n) for i in range(n)]
+    train = sample(task["train"], n_train, seed=seed)
+    if unlabeled:
+        parts = [D.unlabeled(train)] + ([D.unlabeled(task["test"])] if "test" in task.splits else [])
+        train = datasets.concatenate_datasets(parts)
+    cfg = D.DistillConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                          warmup_ratio=0.1, mode=mode, temperature=temperature,
+                          alpha=1.0 if unlabeled else alpha, hidden_weight=hidden_weight)
+    logits = None if hidden_weight > 0 else D.teacher_logits(teacher, tokenizer, list(train["text"]))
+    net, tokenizer, info = D.load_or_distill(output, teacher=teacher, tokenizer=tokenizer,
+                                             student=D.make_student(teacher, keep), train_ds=train, cfg=cfg,
+                                             teacher_logits=logits, retrain=retrain)
+    typer.echo(f"student: teacher layers {keep}")
+    _report(net, tokenizer, task, output, info)
+
+
+@app.command()
+@_errors_as_one_line
+def prune(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the pruned model (safetensors)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The fine-tuned classifier to prune."),
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    heads: Optional[float] = typer.Option(None, help="Attention heads to remove: a fraction in (0, 1) of all "
+                                          "heads (by importance, Michel et al. 2019), or a whole number per layer."),
+    neurons: Optional[float] = typer.Option(None, help="Feedforward neurons to remove: a fraction in (0, 1)."),
+    drop_layers: Optional[int] = typer.Option(None, help="Transformer layers to drop (Sajjad et al.)."),
+    strategy: str = typer.Option("top", help="Which layers --drop-layers drops: top, bottom, alternate, symmetric."),
+    sparsity: Optional[float] = typer.Option(None, help="Unstructured magnitude sparsity in (0, 1) of the encoder's "
+                                             "linear weights (gradual during recovery, Zhu & Gupta 2017)."),
+    flops: Optional[float] = typer.Option(None, help="Retraining-free pruning (Kwon et al. 2022): fraction of the "
+                                          "encoder's FLOPs to keep, in (0, 1]."),
+    recover: bool = typer.Option(True, help="Distil from the unpruned model afterwards (one pass over --n-train)."),
+    n_train: int = typer.Option(20_000, help="Training sentences for the recovery distillation (seeded subset)."),
+    n_importance: int = typer.Option(2_048, help="Training sentences that score heads and neurons."),
+    epochs: float = EpochsOpt,
+    batch_size: int = BatchOpt,
+    learning_rate: float = LrOpt,
+    seed: int = SeedOpt,
+    retrain: bool = RetrainOpt,
+):
+    """Prune heads, feedforward neurons or layers (a physically smaller model), weights (sparsity), or search
+    a FLOPs budget without retraining; then optionally recover by distillation."""
+    import copy
+
+    from .compression import distillation as D
+    from .compression import post_training, sparsity as S, structured
+    from .data import subset as sample
+    from .models import save_model
+    from .surgery import DROP_STRATEGIES, keep_layers, layers_to_keep
+
+    _positive("--n-train", n_train)
+    _positive("--n-importance", n_importance)
+    _positive("--batch-size", batch_size)
+    structural = heads is not None or neurons is not None or drop_layers is not None
+    if sum([structural, sparsity is not None, flops is not None]) != 1:
+        raise UfkitError("give --heads/--neurons/--drop-layers, or --sparsity, or --flops (one kind of pruning)")
+    if flops is not None and not 0 < flops <= 1:
+        raise UfkitError(f"--flops must be a budget in (0, 1] (the fraction of FLOPs to keep), got {flops}")
+    if sparsity is not None and not 0 < sparsity < 1:
+        raise UfkitError(f"--sparsity must be in (0, 1), got {sparsity}")
+    if neurons is not None and not 0 < neurons < 1:
+        raise UfkitError(f"--neurons must be a fraction in (0, 1), got {neurons}")
+    if strategy not in DROP_STRATEGIES:
+        raise UfkitError(f"--strategy must be one of {', '.join(DROP_STRATEGIES)}, got {strategy!r}")
+    if heads is not None and not (0 < heads < 1 or float(heads).is_integer() and heads >= 1):
+        raise UfkitError(f"--heads must be a fraction in (0, 1) or a whole number of heads per layer, got {heads}")
+    teacher, tokenizer, task = _compression_inputs(model, data, subset, text_column, label_column)
+    cfg_layers = teacher.config
+    if heads is not None and heads >= 1 and int(heads) >= cfg_layers.num_attention_heads:
+        raise UfkitError(f"--heads {int(heads)}: a layer has {cfg_layers.num_attention_heads} heads and keeps at "
+                         f"least one")
+    if drop_layers is not None and not 0 < drop_layers < cfg_layers.num_hidden_layers:
+        raise UfkitError(f"--drop-layers must be in [1, {cfg_layers.num_hidden_layers - 1}] for a "
+                         f"{cfg_layers.num_hidden_layers}-layer model, got {drop_layers}")
+    importance_set = sample(task["train"], n_importance, seed=seed + 1)
+    recovery = sample(task["train"], n_train, seed=seed)
+    cfg = D.DistillConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                          warmup_ratio=0.1, temperature=2.0, alpha=0.8)
+    pruned, notes = copy.deepcopy(teacher), {}
+    if sparsity is not None:
+        if recover:
+            logits = D.teacher_logits(teacher, tokenizer, list(recovery["text"]))
+            net, tokenizer, info = S.load_or_sparse_finetune(output, model=pruned, tokenizer=tokenizer,
+                                                             train_ds=recovery, sparsity=sparsity, scope="global",
+                                                             cfg=cfg, teacher_logits=logits, retrain=retrain)
+            return _report(net, tokenizer, task, output, info)
+        S.apply_masks_(pruned, S.magnitude_masks(pruned, sparsity))
+    elif flops is not None:
+        pruned, notes = post_training.post_training_prune(pruned, tokenizer, list(importance_set["text"]),
+                                                          flops_ratio=flops)
+        typer.echo(f"retraining-free pruning kept {100 * notes['flops_ratio']:.1f} % of the encoder FLOPs in "
+                   f"{notes['seconds']['total']:.1f} s")
+    else:
+        if heads is not None or neurons is not None:
+            h_scores, n_scores = structured.importance(pruned, tokenizer, list(importance_set["text"]),
+                                                       labels=list(importance_set["label"]),
+                                                       n_samples=n_importance)
+            if heads is not None and heads >= 1:
+                keep_h = [sorted(s.argsort(descending=True)[:len(s) - int(heads)].tolist()) for s in h_scores]
+            else:
+                keep_h = structured.select(h_scores, heads) if heads is not None else None
+            keep_n = structured.select(n_scores, neurons) if neurons is not None else None
+            structured.prune(pruned, heads=keep_h, neurons=keep_n)
+        if drop_layers is not None:
+            keep_layers(pruned, layers_to_keep(pruned.config.num_hidden_layers, drop_layers, strategy))
+    if recover:
+        logits = D.teacher_logits(teacher, tokenizer, list(recovery["text"]))
+        net, tokenizer, info = D.load_or_distill(output, teacher=teacher, tokenizer=tokenizer, student=pruned,
+                                                 train_ds=recovery, cfg=cfg, teacher_logits=logits, retrain=retrain)
+    else:
+        save_model(pruned, tokenizer, output)
+        net, info = pruned, {"steps": 0, "train_seconds": 0.0, **notes}
+    _report(net, tokenizer, task, output, info)
+
+
+@app.command()
+@_errors_as_one_line
+def theseus(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the successor model (safetensors)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The fine-tuned classifier (predecessor)."),
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    successors: int = typer.Option(3, help="Layers of the compressed model (each replaces a block of the teacher's)."),
+    init_layers: Optional[str] = typer.Option(None, help="Teacher layers that initialise the successors, e.g. 0,2,4 "
+                                              "(default: the first layer of each block)."),
+    replace_rate: Optional[float] = typer.Option(None, help="Constant replacement probability in (0, 1]; default: "
+                                                 "the paper's linear curriculum from --base-rate to 1."),
+    base_rate: float = typer.Option(0.3, help="The curriculum's starting probability b in p = min(1, k t + b)."),
+    epochs: float = EpochsOpt,
+    batch_size: int = BatchOpt,
+    learning_rate: float = LrOpt,
+    n_train: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many sentences."),
+    seed: int = SeedOpt,
+    retrain: bool = RetrainOpt,
+):
+    """Compress by progressive module replacing (BERT-of-Theseus, Xu et al. 2020)."""
+    from .compression import theseus as TH
+    from .data import subset as sample
+    from .training import TrainConfig
+
+    _positive("--successors", successors)
+    _positive("--n-train", n_train)
+    if replace_rate is not None and not 0 < replace_rate <= 1:
+        raise UfkitError(f"--replace-rate must be in (0, 1], got {replace_rate}")
+    if not 0 <= base_rate <= 1:
+        raise UfkitError(f"--base-rate must be in [0, 1], got {base_rate}")
+    teacher, tokenizer, task = _compression_inputs(model, data, subset, text_column, label_column)
+    depth = teacher.config.num_hidden_layers
+    if successors > depth:
+        raise UfkitError(f"--successors {successors}: the compressed model cannot be deeper than its {depth}-layer "
+                         f"teacher")
+    init = _layer_list(init_layers, "--init-layers") if init_layers else None
+    if init is not None and (len(init) != successors or any(not 0 <= i < depth for i in init)):
+        raise UfkitError(f"--init-layers needs {successors} indices in [0, {depth - 1}], got {init_layers!r}")
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, warmup_ratio=0.1)
+    train = sample(task["train"], n_train, seed=seed)
+    steps = max(1, math.ceil(epochs * math.ceil(len(train) / batch_size)))
+    net, tokenizer, info = TH.load_or_theseus(
+        output, teacher=teacher, tokenizer=tokenizer, train_ds=train, num_successors=successors, init_layers=init,
+        replace_rate=replace_rate, cfg=cfg, retrain=retrain,
+        schedule=None if replace_rate is not None else TH.linear_schedule(steps, base_rate=base_rate))
+    _report(net, tokenizer, task, output, info)
+
+
+@app.command()
+@_errors_as_one_line
+def qat(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the QAT-trained model (fp32 safetensors)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The fine-tuned classifier."),
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    per_channel: bool = typer.Option(False, help="Simulate one weight scale per output channel (else per tensor)."),
+    n_train: int = typer.Option(20_000, help="Training sentences (seeded subset)."),
+    epochs: float = EpochsOpt,
+    batch_size: int = BatchOpt,
+    learning_rate: float = typer.Option(5e-5, help="Peak AdamW learning rate."),
+    seed: int = SeedOpt,
+    retrain: bool = RetrainOpt,
+):
+    """Quantization-aware fine-tuning for ONNX Runtime's dynamic int8; then `ufkit quantize` the output."""
+    from .compression import distillation as D
+    from .compression import qat as QT
+    from .data import subset as sample
+    from .training import TrainConfig
+
+    _positive("--n-train", n_train)
+    teacher, tokenizer, task = _compression_inputs(model, data, subset, text_column, label_column)
+    train = sample(task["train"], n_train, seed=seed)
+    logits = D.teacher_logits(teacher, tokenizer, list(train["text"]))
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, warmup_ratio=0.1)
+    net, tokenizer, info = QT.load_or_qat(output, model=teacher, tokenizer=tokenizer, train_ds=train, cfg=cfg,
+                                          teacher_logits=logits, per_channel=per_channel, retrain=retrain)
+    _report(net, tokenizer, task, output, info)
+    variant = "onnx_int8_dynamic_per_channel" if per_channel else "onnx_int8_dynamic"
+    typer.echo(f"next: ufkit quantize --model {output} --variant {variant} --output {output}-int8")
 
 
 def main(argv: list[str] | None = None) -> None:

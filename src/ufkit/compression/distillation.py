@@ -265,6 +265,102 @@ class _Trainee(nn.Module):
         self.projections = projections
 
 
+def distillation_objective(student, tokenizer, train_ds, cfg: DistillConfig, *, teacher=None,
+                           teacher_logits: torch.Tensor | None = None):
+    """The batches and the loss of distillation, for :func:`ufkit.training.train_loop`: what :func:`distill` trains
+    with, and what other trainings that distil (gradual pruning, quantization-aware training) train with too.
+
+    Args:
+        student, tokenizer, train_ds, cfg, teacher_logits: as for :func:`distill`.
+        teacher: the teacher model; None when ``teacher_logits`` are given and ``hidden_weight == 0``, or for plain
+            cross-entropy on the gold labels (``alpha == 0``).
+
+    Returns:
+        ``(trainee, loader, loss_fn, extra)``: the module to train (the student and any hidden-state
+        projections), the length-bucketed batches with each row's index, ``batch -> loss`` and facts for the
+        history (``n_train``, ``teacher_runs``, ``layer_map``).
+
+    Raises:
+        CompressionError: as :func:`distill`, or no teacher where one is needed.
+    """
+    from ..data import make_dataloader, tokenize
+
+    cfg = cfg if cfg is not None else DistillConfig()
+    if not isinstance(cfg, DistillConfig):
+        raise CompressionError(f"cfg must be a DistillConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    if teacher is None and (cfg.hidden_weight > 0 or (teacher_logits is None and cfg.alpha > 0)):
+        raise CompressionError("without a teacher model, distillation needs teacher_logits and hidden_weight = 0 "
+                               "(or alpha = 0: plain cross-entropy)")
+    num_labels = (teacher if teacher is not None else student).config.num_labels
+    if student.config.num_labels != num_labels:
+        raise CompressionError(f"student has {student.config.num_labels} labels but the teacher has {num_labels}")
+    _check_data(train_ds, num_labels, allow_unlabeled=True)
+    n = len(train_ds)
+    if teacher_logits is not None:
+        teacher_logits = torch.as_tensor(teacher_logits, dtype=torch.float32)
+        if tuple(teacher_logits.shape) != (n, num_labels):
+            raise CompressionError(f"teacher_logits must have shape (len(train_ds), num_labels) = ({n}, "
+                                   f"{num_labels}), got {tuple(teacher_logits.shape)}")
+    hidden = cfg.hidden_weight > 0
+    history_extra = {"n_train": n}
+    projections = None
+    pairs: list[tuple[int, int]] = []
+    if hidden:
+        s_depth, t_depth = len(_layers(student)), len(_layers(teacher))
+        layer_map = tuple(cfg.layer_map) if cfg.layer_map is not None else uniform_layer_map(s_depth, t_depth)
+        if len(layer_map) != s_depth or max(layer_map) >= t_depth:
+            raise CompressionError(f"layer_map must give one teacher layer in [0, {t_depth}) for each of the "
+                                   f"{s_depth} student layers, got {layer_map}")
+        # hidden_states[0] is the embedding output, hidden_states[i + 1] layer i's
+        pairs = ([(0, 0)] if cfg.hidden_embeddings else []) + [(i + 1, j + 1) for i, j in enumerate(layer_map)]
+        s_width, t_width = student.config.hidden_size, teacher.config.hidden_size
+        if s_width != t_width:
+            projections = nn.ModuleList(nn.Linear(s_width, t_width) for _ in pairs).to(_device(student))
+        history_extra["layer_map"] = list(layer_map)
+    # alpha = 0 without hidden states is plain cross-entropy: no teacher needed
+    teacher_runs = teacher is not None and (hidden or (teacher_logits is None and cfg.alpha > 0))
+    history_extra["teacher_runs"] = teacher_runs
+
+    tok = tokenize(train_ds.remove_columns([c for c in train_ds.column_names if c not in ("text", "label")])
+                   .add_column(ROW_COLUMN, list(range(n))), tokenizer, cfg.max_length)
+    loader = make_dataloader(tok, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                             extra_columns=(ROW_COLUMN,))
+    trainee = _Trainee(student, projections)
+    if teacher is not None:
+        teacher.eval()
+    on_device = {}
+
+    def loss_fn(batch):
+        rows, labels = batch[ROW_COLUMN], batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k not in (ROW_COLUMN, "labels")}
+        device = inputs["input_ids"].device
+        s_out = student(**inputs, output_hidden_states=hidden)
+        if teacher_runs:
+            if _device(teacher) != device:
+                teacher.to(device)
+            with torch.no_grad():
+                t_out = teacher(**inputs, output_hidden_states=hidden)
+            t_logits = t_out.logits
+        elif teacher_logits is None:  # alpha is 0: only the gold labels count
+            return nn.functional.cross_entropy(s_out.logits, labels)
+        else:
+            if "logits" not in on_device:
+                on_device["logits"] = teacher_logits.to(device)
+            t_logits = on_device["logits"][rows.to(device)]
+        loss = distillation_loss(s_out.logits, t_logits, labels, temperature=cfg.temperature, alpha=cfg.alpha,
+                                 mode=cfg.mode)
+        if hidden:
+            mask = inputs["attention_mask"]
+            terms = [hidden_mse([s_out.hidden_states[a]], [t_out.hidden_states[b]], mask,
+                                projection=projections[k] if projections is not None else None)
+                     for k, (a, b) in enumerate(pairs)]
+            loss = loss + cfg.hidden_weight * torch.stack(terms).mean()
+        return loss
+
+    return trainee, loader, loss_fn, history_extra
+
+
 def distill(student, teacher, tokenizer, train_ds, cfg: DistillConfig | None = None, *,
             teacher_logits: torch.Tensor | None = None, progress: bool = True):
     """Train ``student`` to reproduce ``teacher`` on ``train_ds`` (Hinton et al. 2015; TinyBERT's hidden loss).
@@ -301,74 +397,9 @@ def distill(student, teacher, tokenizer, train_ds, cfg: DistillConfig | None = N
             range, ``teacher_logits`` of the wrong shape, label counts that differ, or a ``layer_map`` that does not
             fit the two depths.
     """
-    from ..data import make_dataloader, tokenize
-
     cfg = cfg if cfg is not None else DistillConfig()
-    if not isinstance(cfg, DistillConfig):
-        raise CompressionError(f"cfg must be a DistillConfig, got {type(cfg).__name__}")
-    cfg.validate()
-    num_labels = teacher.config.num_labels
-    if student.config.num_labels != num_labels:
-        raise CompressionError(f"student has {student.config.num_labels} labels but the teacher has {num_labels}")
-    _check_data(train_ds, num_labels, allow_unlabeled=True)
-    n = len(train_ds)
-    if teacher_logits is not None:
-        teacher_logits = torch.as_tensor(teacher_logits, dtype=torch.float32)
-        if tuple(teacher_logits.shape) != (n, num_labels):
-            raise CompressionError(f"teacher_logits must have shape (len(train_ds), num_labels) = ({n}, "
-                                   f"{num_labels}), got {tuple(teacher_logits.shape)}")
-    hidden = cfg.hidden_weight > 0
-    history_extra = {"n_train": n}
-    projections = None
-    pairs: list[tuple[int, int]] = []
-    if hidden:
-        s_depth, t_depth = len(_layers(student)), len(_layers(teacher))
-        layer_map = tuple(cfg.layer_map) if cfg.layer_map is not None else uniform_layer_map(s_depth, t_depth)
-        if len(layer_map) != s_depth or max(layer_map) >= t_depth:
-            raise CompressionError(f"layer_map must give one teacher layer in [0, {t_depth}) for each of the "
-                                   f"{s_depth} student layers, got {layer_map}")
-        # hidden_states[0] is the embedding output, hidden_states[i + 1] layer i's
-        pairs = ([(0, 0)] if cfg.hidden_embeddings else []) + [(i + 1, j + 1) for i, j in enumerate(layer_map)]
-        s_width, t_width = student.config.hidden_size, teacher.config.hidden_size
-        if s_width != t_width:
-            projections = nn.ModuleList(nn.Linear(s_width, t_width) for _ in pairs).to(_device(student))
-        history_extra["layer_map"] = list(layer_map)
-    teacher_runs = hidden or teacher_logits is None
-    history_extra["teacher_runs"] = teacher_runs
-
-    tok = tokenize(train_ds.remove_columns([c for c in train_ds.column_names if c not in ("text", "label")])
-                   .add_column(ROW_COLUMN, list(range(n))), tokenizer, cfg.max_length)
-    loader = make_dataloader(tok, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                             extra_columns=(ROW_COLUMN,))
-    trainee = _Trainee(student, projections)
-    teacher.eval()
-    on_device = {}
-
-    def loss_fn(batch):
-        rows, labels = batch[ROW_COLUMN], batch["labels"]
-        inputs = {k: v for k, v in batch.items() if k not in (ROW_COLUMN, "labels")}
-        device = inputs["input_ids"].device
-        s_out = student(**inputs, output_hidden_states=hidden)
-        if teacher_runs:
-            if _device(teacher) != device:
-                teacher.to(device)
-            with torch.no_grad():
-                t_out = teacher(**inputs, output_hidden_states=hidden)
-            t_logits = t_out.logits
-        else:
-            if "logits" not in on_device:
-                on_device["logits"] = teacher_logits.to(device)
-            t_logits = on_device["logits"][rows.to(device)]
-        loss = distillation_loss(s_out.logits, t_logits, labels, temperature=cfg.temperature, alpha=cfg.alpha,
-                                 mode=cfg.mode)
-        if hidden:
-            mask = inputs["attention_mask"]
-            terms = [hidden_mse([s_out.hidden_states[a]], [t_out.hidden_states[b]], mask,
-                                projection=projections[k] if projections is not None else None)
-                     for k, (a, b) in enumerate(pairs)]
-            loss = loss + cfg.hidden_weight * torch.stack(terms).mean()
-        return loss
-
+    trainee, loader, loss_fn, history_extra = distillation_objective(student, tokenizer, train_ds, cfg,
+                                                                     teacher=teacher, teacher_logits=teacher_logits)
     history = train_loop(trainee, loader, loss_fn, cfg, desc="distilling", progress=progress)
     student.eval()
     return student, {**history, **history_extra}

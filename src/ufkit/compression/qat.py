@@ -238,7 +238,7 @@ def qat_finetune(model, tokenizer, train_ds, cfg=None, *, teacher_logits=None, t
     Args:
         model: a fine-tuned float32 classifier (the starting point; QAT from scratch is not the use).
         tokenizer: pads the batches.
-        train_ds (`datasets.Dataset`): :func:`ufkit.data.tokenize` output with a ``label`` column.
+        train_ds (`datasets.Dataset`): ``text`` (tokenised here when needed) or :func:`ufkit.data.tokenize` output, and ``label``.
         cfg (:class:`ufkit.training.TrainConfig`): hyper-parameters; a small learning rate (1e-5 to 3e-5) and a
             short run suffice, since the model is already trained.
         teacher_logits (`numpy.ndarray` or `torch.FloatTensor` of shape `(len(train_ds), num_labels)`): the
@@ -251,7 +251,7 @@ def qat_finetune(model, tokenizer, train_ds, cfg=None, *, teacher_logits=None, t
         plus ``per_channel`` and ``embeddings``.
 
     Raises:
-        CompressionError: an untokenised or empty ``train_ds``, bad ``teacher_logits``, ``temperature`` or
+        CompressionError: a ``train_ds`` without text or labels, or an empty one, bad ``teacher_logits``, ``temperature`` or
             ``alpha``, or a model already prepared.
         UfkitError: a bad ``cfg``.
     """
@@ -262,10 +262,10 @@ def qat_finetune(model, tokenizer, train_ds, cfg=None, *, teacher_logits=None, t
     cfg = dataclasses.replace(cfg or TrainConfig(), mixed_precision="no")
     cfg.validate()
     teacher = _teacher_tensor(teacher_logits, len(train_ds), getattr(model.config, "num_labels", None))
-    loader, loss_fn = _objective(model, tokenizer, train_ds, cfg, teacher, temperature, alpha)
+    trainee, loader, loss_fn = _objective(model, tokenizer, train_ds, cfg, teacher, temperature, alpha)
     prepare_qat(model, per_channel=per_channel, embeddings=embeddings)
     try:
-        history = train_loop(model, loader, loss_fn, cfg, desc="quantization-aware training", progress=progress)
+        history = train_loop(trainee, loader, loss_fn, cfg, desc="quantization-aware training", progress=progress)
     finally:
         convert_qat(model)
         model.eval()

@@ -240,52 +240,19 @@ def _data_id(train_ds) -> str:
     return fingerprint_texts((" ".join(map(str, ids)) for ids in train_ds["input_ids"]), labels)
 
 
-class _RowIndexed(torch.utils.data.Dataset):
-    """Yields ``(row, example)`` so that each batch can look up its rows' teacher logits."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        return i, self.dataset[i]
-
-
 def _objective(model, tokenizer, train_ds, cfg, teacher: torch.Tensor | None, temperature: float, alpha: float):
-    """``(loader, loss_fn)`` for :func:`ufkit.training.train_loop`: cross-entropy, or with teacher logits
-    ``alpha * kd_loss + (1 - alpha) * CE`` (Hinton, Vinyals & Dean 2015), the teacher's rows looked up by index."""
-    from torch.utils.data import DataLoader
+    """``(trainee, loader, loss_fn)`` for :func:`ufkit.training.train_loop`: distillation's
+    (:func:`ufkit.compression.distillation.distillation_objective`) from precomputed teacher logits, ``alpha * kd_loss
+    + (1 - alpha) * CE`` (Hinton et al. 2015), or plain cross-entropy without them."""
+    import dataclasses
 
-    from ..data import make_dataloader
-    from ..distill import kd_loss
+    from .distillation import DistillConfig, distillation_objective
 
-    if "input_ids" not in train_ds.column_names or "label" not in train_ds.column_names:
-        raise CompressionError("train_ds must be tokenised (ufkit.data.tokenize) and have a 'label' column, "
-                               f"got columns {train_ds.column_names}")
-    if len(train_ds) == 0:
-        raise CompressionError("train_ds is empty")
-    base = make_dataloader(train_ds, tokenizer, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    if teacher is None:
-        return base, lambda batch: model(**batch).loss
-    collate = base.collate_fn
-
-    def collate_rows(items):
-        batch = collate([example for _, example in items])
-        batch["row"] = torch.tensor([i for i, _ in items])                                   # (batch_size,)
-        return batch
-
-    # the same length-bucketed batches as fine-tuning, plus each example's row number
-    loader = DataLoader(_RowIndexed(base.dataset), batch_sampler=base.batch_sampler, collate_fn=collate_rows)
-
-    def loss_fn(batch):
-        rows = batch.pop("row")
-        out = model(**batch)
-        target = teacher[rows.cpu()].to(out.logits.device)                               # (batch_size, C)
-        return alpha * kd_loss(out.logits, target, temperature) + (1.0 - alpha) * out.loss
-
-    return loader, loss_fn
+    base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in
+            {g.name for g in dataclasses.fields(DistillConfig)}}
+    dcfg = DistillConfig(**{**base, "temperature": temperature, "alpha": alpha if teacher is not None else 0.0})
+    trainee, loader, loss_fn, _ = distillation_objective(model, tokenizer, train_ds, dcfg, teacher_logits=teacher)
+    return trainee, loader, loss_fn
 
 
 def _check_kd(temperature, alpha) -> tuple[float, float]:
@@ -331,7 +298,7 @@ def sparse_finetune(model, tokenizer, train_ds, *, sparsity: float, scope: str =
     Args:
         model: a sequence classifier (``PreTrainedModel``), usually the fine-tuned teacher itself.
         tokenizer: pads the batches.
-        train_ds (`datasets.Dataset`): :func:`ufkit.data.tokenize` output with a ``label`` column.
+        train_ds (`datasets.Dataset`): ``text`` (tokenised here when needed) or :func:`ufkit.data.tokenize` output, and ``label``.
         sparsity: final fraction of prunable weights that are zero, in ``[0, 1)``.
         scope: ``"global"`` or ``"per_layer"`` (see :func:`magnitude_masks`).
         cfg (:class:`ufkit.training.TrainConfig`): hyper-parameters (default ``TrainConfig()``).
@@ -349,7 +316,7 @@ def sparse_finetune(model, tokenizer, train_ds, *, sparsity: float, scope: str =
 
     Raises:
         CompressionError: ``sparsity`` outside ``[0, 1)``, unknown ``scope``, bad ``update_every``,
-            ``temperature`` or ``alpha``, an untokenised or empty ``train_ds``, or ``teacher_logits`` of the wrong
+            ``temperature`` or ``alpha``, a ``train_ds`` without text or labels, or an empty one, or ``teacher_logits`` of the wrong
             shape.
         UfkitError: a bad ``cfg``.
     """
@@ -360,7 +327,7 @@ def sparse_finetune(model, tokenizer, train_ds, *, sparsity: float, scope: str =
     cfg = cfg or TrainConfig()
     cfg.validate()
     teacher = _teacher_tensor(teacher_logits, len(train_ds), getattr(model.config, "num_labels", None))
-    loader, loss_fn = _objective(model, tokenizer, train_ds, cfg, teacher, temperature, alpha)
+    trainee, loader, loss_fn = _objective(model, tokenizer, train_ds, cfg, teacher, temperature, alpha)
     total = _total_steps(loader, cfg)
     state = {"masks": None}
     schedule = []
@@ -374,7 +341,7 @@ def sparse_finetune(model, tokenizer, train_ds, *, sparsity: float, scope: str =
             apply_masks_(model, state["masks"])
 
     update(0)
-    history = train_loop(model, loader, loss_fn, cfg, desc=f"pruning to {sparsity:.0%}", progress=progress,
+    history = train_loop(trainee, loader, loss_fn, cfg, desc=f"pruning to {sparsity:.0%}", progress=progress,
                          after_step=update)
     apply_masks_(model, magnitude_masks(model, sparsity, scope=scope))
     model.eval()
@@ -396,8 +363,8 @@ def load_or_sparse_finetune(folder, *, model, tokenizer, train_ds, sparsity: flo
 
     Args:
         folder: the checkpoint folder (``save_pretrained`` layout, safetensors) plus ``cache_info.json``.
-        model, tokenizer, train_ds, sparsity, scope, cfg, teacher_logits, temperature, alpha, update_every,
-            start, end: as for :func:`sparse_finetune`.
+        model, tokenizer, train_ds, sparsity, scope, cfg, teacher_logits, temperature, alpha, update_every, start,
+            end: as for :func:`sparse_finetune`.
         retrain: prune again even when a current copy exists.
 
     Returns:

@@ -132,7 +132,7 @@ class TheseusModel(nn.Module):
 
     Attributes:
         predecessor: the frozen copy of the teacher (its embeddings, pooler and classifier are the model's).
-        successors (`nn.ModuleList`): the ``n`` successor ``BertLayer``s.
+        successors (`nn.ModuleList`): the ``n`` successor layers (``BertLayer``).
         blocks: the teacher layers each successor replaces.
         step: training forwards so far (``t`` of the schedule).
         last_replaced: which blocks the last training forward replaced.

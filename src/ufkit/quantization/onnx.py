@@ -148,15 +148,26 @@ def optimize_onnx(src: str | os.PathLike, dst: str | os.PathLike, config) -> dic
         src, dst: ``.onnx`` files.
         config: the model's ``PretrainedConfig`` (``num_attention_heads``, ``hidden_size``, ``model_type``).
 
+    A structurally pruned model (:mod:`ufkit.structure`) whose layers keep different numbers of heads cannot use
+    ORT's fused ``Attention`` op, which takes one head count and width for the whole graph; its attention stays
+    unfused (the other fusions still apply). Layers that all keep the same heads fuse with that count.
+
     Returns:
         the fused-operator counts, e.g. ``{"Attention": 6, "SkipLayerNormalization": 12, ...}``.
     """
     from onnxruntime.transformers import optimizer
 
     model_type = config.model_type if config.model_type in ("bert", "bart", "gpt2") else "bert"
+    num_heads, hidden_size = config.num_attention_heads, config.hidden_size
+    kept = (getattr(config, "ufkit_structure", None) or {}).get("num_heads")
+    if kept:
+        head_dim = config.hidden_size // config.num_attention_heads
+        # one count for every layer, or 0: ORT then finds none and leaves attention unfused
+        num_heads = kept[0] if len(set(kept)) == 1 else 0
+        hidden_size = num_heads * head_dim
     with _quiet_ort():
-        opt = optimizer.optimize_model(str(src), model_type=model_type, num_heads=config.num_attention_heads,
-                                       hidden_size=config.hidden_size)
+        opt = optimizer.optimize_model(str(src), model_type=model_type, num_heads=num_heads,
+                                       hidden_size=hidden_size)
         opt.save_model_to_file(str(dst))
     return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
 
