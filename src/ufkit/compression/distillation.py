@@ -295,7 +295,7 @@ def distillation_objective(student, tokenizer, train_ds, cfg: DistillConfig, *, 
     num_labels = (teacher if teacher is not None else student).config.num_labels
     if student.config.num_labels != num_labels:
         raise CompressionError(f"student has {student.config.num_labels} labels but the teacher has {num_labels}")
-    _check_data(train_ds, num_labels, allow_unlabeled=True)
+    _check_data(train_ds, num_labels, allow_unlabeled=teacher is not None or teacher_logits is not None)
     n = len(train_ds)
     if teacher_logits is not None:
         teacher_logits = torch.as_tensor(teacher_logits, dtype=torch.float32)
@@ -318,8 +318,7 @@ def distillation_objective(student, tokenizer, train_ds, cfg: DistillConfig, *, 
         if s_width != t_width:
             projections = nn.ModuleList(nn.Linear(s_width, t_width) for _ in pairs).to(_device(student))
         history_extra["layer_map"] = list(layer_map)
-    # alpha = 0 without hidden states is plain cross-entropy: no teacher needed
-    teacher_runs = teacher is not None and (hidden or (teacher_logits is None and cfg.alpha > 0))
+    teacher_runs = teacher is not None and (hidden or teacher_logits is None)
     history_extra["teacher_runs"] = teacher_runs
 
     tok = tokenize(train_ds.remove_columns([c for c in train_ds.column_names if c not in ("text", "label")])
@@ -342,7 +341,7 @@ def distillation_objective(student, tokenizer, train_ds, cfg: DistillConfig, *, 
             with torch.no_grad():
                 t_out = teacher(**inputs, output_hidden_states=hidden)
             t_logits = t_out.logits
-        elif teacher_logits is None:  # alpha is 0: only the gold labels count
+        elif teacher_logits is None:  # no teacher at all (alpha is 0, every row labelled): cross-entropy
             return nn.functional.cross_entropy(s_out.logits, labels)
         else:
             if "logits" not in on_device:
