@@ -32,14 +32,14 @@ from IPython.display import display
 
 from ufkit import config, measure, zoo
 from ufkit import quantization as Q
-from ufkit.cache import fingerprint_model, fingerprint_source, fingerprint_texts, load_or_make
+from ufkit.cache import fingerprint_model, fingerprint_source, fingerprint_texts, load_or_make_model
 from ufkit.compression import distillation as D
 from ufkit.compression import post_training, qat, sparsity, structured, theseus, vocabulary
 from ufkit.data import load_sst2, subset, tokenize
 from ufkit.evaluate import evaluate
 from ufkit.measure import count_flops, measure_latency, model_size_mb
 from ufkit.measure.report import busy_note, other_machines, put
-from ufkit.models import count_parameters, load_model, save_model
+from ufkit.models import count_parameters
 from ufkit.surgery import DROP_STRATEGIES, keep_layers, layers_to_keep
 from ufkit.training import TrainConfig
 
@@ -203,12 +203,18 @@ for name, plan in plans.items():
 
 # %%
 kwon_texts = list(subset(task["train"], N_IMPORTANCE, seed=3)["text"])
-(kwon, _), kwon_report = load_or_make(
+
+
+def prune_without_training():
+    pruned, report = post_training.post_training_prune(copy.deepcopy(teacher), tokenizer, kwon_texts,
+                                                       flops_ratio=KWON_FLOPS)
+    return (pruned, tokenizer), report
+
+
+kwon, _, kwon_report = load_or_make_model(
     CACHE / "kwon-75", {"teacher_id": fingerprint_model(teacher), "texts_id": fingerprint_texts(kwon_texts),
                         "flops_ratio": KWON_FLOPS, "code": fingerprint_source(post_training.__file__)},
-    lambda: ((lambda r: ((r[0], tokenizer), r[1]))(post_training.post_training_prune(
-        copy.deepcopy(teacher), tokenizer, kwon_texts, flops_ratio=KWON_FLOPS))),
-    save=lambda obj, folder: save_model(obj[0], obj[1], folder), load=load_model)
+    prune_without_training)
 print({k: v for k, v in kwon_report.items() if not isinstance(v, (list, dict))})
 add("retraining-free, 75 % FLOPs", kwon, "retraining-free pruning", {"train_seconds": kwon_report["seconds"]["total"]},
     folder=CACHE / "kwon-75")

@@ -136,3 +136,21 @@ def load_or_make(path: str | os.PathLike, recipe: dict, make: Callable[[], tuple
     if state is not None:
         state.wait_for_everyone()
     return obj, json.loads(text)
+
+
+def load_or_make_model(path: str | os.PathLike, recipe: dict, make: Callable[[], tuple[Any, dict]], *,
+                       retrain: bool = False):
+    """:func:`load_or_make` for a ``(model, tokenizer)`` pair saved as a checkpoint folder.
+
+    ``make`` returns ``((model, tokenizer), info)``; the pair is written with :func:`ufkit.models.save_model`
+    (safetensors) and read back with :func:`ufkit.models.load_model`, so the cached folder is an ordinary model
+    folder that every command loads.
+
+    Returns:
+        ``(model, tokenizer, info)``.
+    """
+    from .models import load_model, save_model
+
+    (model, tokenizer), info = load_or_make(path, recipe, make, save=lambda obj, folder: save_model(*obj, folder),
+                                            load=load_model, retrain=retrain)
+    return model, tokenizer, info

@@ -283,9 +283,9 @@ def load_or_finetune(output_dir: str | Path, *, model_name: str | None = None, t
         ``(model, tokenizer, info)``; ``info`` holds the recipe, the steps, ``train_seconds``, the loss history
         and the machine it was trained on.
     """
-    from .cache import fingerprint_source, fingerprint_texts, load_or_make
+    from .cache import fingerprint_source, fingerprint_texts, load_or_make_model
     from .data import load_sst2, subset, tokenize
-    from .models import load_model, resolve_model, save_model
+    from .models import load_model, resolve_model
 
     cfg = cfg or TrainConfig()
     cfg.validate()
@@ -303,8 +303,4 @@ def load_or_finetune(output_dir: str | Path, *, model_name: str | None = None, t
                                   progress=progress)
         return (model, tokenizer), {"data": task.source, **history}
 
-    (model, tokenizer), info = load_or_make(
-        output_dir, recipe, make,
-        save=lambda obj, folder: save_model(obj[0], obj[1], folder),
-        load=lambda folder: load_model(folder), retrain=retrain)
-    return model, tokenizer, info
+    return load_or_make_model(output_dir, recipe, make, retrain=retrain)

@@ -446,8 +446,7 @@ def load_or_distill(folder: str | Path, *, teacher, tokenizer, student, train_ds
         CompressionError: as :func:`distill`.
         ModelError: ``folder`` cannot be written.
     """
-    from ..cache import fingerprint_model, fingerprint_texts, load_or_make
-    from ..models import load_model, save_model
+    from ..cache import fingerprint_model, fingerprint_texts, load_or_make_model
 
     cfg = cfg if cfg is not None else DistillConfig()
     if not isinstance(cfg, DistillConfig):
@@ -466,10 +465,7 @@ def load_or_distill(folder: str | Path, *, teacher, tokenizer, student, train_ds
                                  progress=progress)
         return (model, tokenizer), history
 
-    (model, tok), info = load_or_make(folder, recipe, make,
-                                      save=lambda obj, path: save_model(obj[0], obj[1], path),
-                                      load=lambda path: load_model(path), retrain=retrain)
-    return model, tok, info
+    return load_or_make_model(folder, recipe, make, retrain=retrain)
 
 
 def unlabeled(ds):

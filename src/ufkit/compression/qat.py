@@ -295,8 +295,7 @@ def load_or_qat(folder, *, model, tokenizer, train_ds, cfg=None, teacher_logits=
     Raises:
         CompressionError, UfkitError: see :func:`qat_finetune`.
     """
-    from ..cache import fingerprint_model, load_or_make
-    from ..models import load_model, save_model
+    from ..cache import fingerprint_model, load_or_make_model
     from ..training import TrainConfig
     from .sparsity import _check_kd, _data_id, _teacher_id, _teacher_tensor
 
@@ -318,7 +317,4 @@ def load_or_qat(folder, *, model, tokenizer, train_ds, cfg=None, teacher_logits=
                                         embeddings=embeddings, progress=progress)
         return (student, tokenizer), history
 
-    (model, tokenizer), info = load_or_make(folder, recipe, make,
-                                            save=lambda obj, path: save_model(obj[0], obj[1], path),
-                                            load=lambda path: load_model(path), retrain=retrain)
-    return model, tokenizer, info
+    return load_or_make_model(folder, recipe, make, retrain=retrain)

@@ -374,8 +374,7 @@ def load_or_sparse_finetune(folder, *, model, tokenizer, train_ds, sparsity: flo
     Raises:
         CompressionError, UfkitError: see :func:`sparse_finetune`.
     """
-    from ..cache import fingerprint_model, load_or_make
-    from ..models import load_model, save_model
+    from ..cache import fingerprint_model, load_or_make_model
     from ..training import TrainConfig
 
     sparsity = _check_pruning(sparsity, scope, update_every, start, end)
@@ -397,10 +396,7 @@ def load_or_sparse_finetune(folder, *, model, tokenizer, train_ds, sparsity: flo
                                            update_every=update_every, start=start, end=end, progress=progress)
         return (student, tokenizer), history
 
-    (model, tokenizer), info = load_or_make(folder, recipe, make,
-                                            save=lambda obj, path: save_model(obj[0], obj[1], path),
-                                            load=lambda path: load_model(path), retrain=retrain)
-    return model, tokenizer, info
+    return load_or_make_model(folder, recipe, make, retrain=retrain)
 
 
 # ----------------------------------------------------------------------------------------------------------------

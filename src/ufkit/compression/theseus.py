@@ -337,8 +337,7 @@ def load_or_theseus(folder: str | Path, *, teacher, tokenizer, train_ds, num_suc
         CompressionError: as :func:`theseus_compress`.
         ModelError: ``folder`` cannot be written.
     """
-    from ..cache import fingerprint_model, fingerprint_texts, load_or_make
-    from ..models import load_model, save_model
+    from ..cache import fingerprint_model, fingerprint_texts, load_or_make_model
     from .distillation import _check_data
 
     cfg = cfg if cfg is not None else TrainConfig()
@@ -359,7 +358,4 @@ def load_or_theseus(folder: str | Path, *, teacher, tokenizer, train_ds, num_suc
                                           progress=progress)
         return (model, tokenizer), history
 
-    (model, tok), info = load_or_make(folder, recipe, make,
-                                      save=lambda obj, path: save_model(obj[0], obj[1], path),
-                                      load=lambda path: load_model(path), retrain=retrain)
-    return model, tok, info
+    return load_or_make_model(folder, recipe, make, retrain=retrain)
