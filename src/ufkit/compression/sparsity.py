@@ -363,8 +363,7 @@ def load_or_sparse_finetune(folder, *, model, tokenizer, train_ds, sparsity: flo
 
     Args:
         folder: the checkpoint folder (``save_pretrained`` layout, safetensors) plus ``cache_info.json``.
-        model, tokenizer, train_ds, sparsity, scope, cfg, teacher_logits, temperature, alpha, update_every, start,
-            end: as for :func:`sparse_finetune`.
+        model: the starting classifier (copied, never changed); the other arguments are :func:`sparse_finetune`'s.
         retrain: prune again even when a current copy exists.
 
     Returns:
