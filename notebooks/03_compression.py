@@ -75,7 +75,7 @@ for key, value in {"n_recovery": N_TRAIN, "n_importance": N_IMPORTANCE, "n_laten
 # ## The teacher and its soft labels
 #
 # The teacher's logits on every training sentence are computed once and cached
-# ({func}`~ufkit.zoo.teacher_logits`): students distilled from logits alone never run the teacher while they train.
+# ({func}`~ufkit.compression.distillation.teacher_logits`): students distilled from logits alone never run the teacher while they train.
 
 # %%
 task = load_sst2()
@@ -83,8 +83,8 @@ teacher, tokenizer, teacher_info = zoo.load_teacher()
 train = recovery = subset(task["train"], N_TRAIN, seed=1)  # students and recovery runs see the same sentences
 dev = subset(task["validation"], N_DEV)
 unlabeled_extra = subset(task["test"], config.pick(None, 64), seed=0)  # SST-2's unlabeled test sentences
-logits_train = logits_recovery = zoo.teacher_logits(teacher, tokenizer, train["text"],
-                                                    name="sst2-recovery" + config.pick("", "-smoke"))
+LOGITS = config.cache_dir() / "teacher-logits-sst2-"  # one teacher pass per sentence set, cached
+logits_train = logits_recovery = D.teacher_logits(teacher, tokenizer, train["text"], cache=f"{LOGITS}recovery")
 student_cfg = TrainConfig(learning_rate=1e-4, epochs=EPOCHS, batch_size=32, warmup_ratio=0.1, seed=42)
 put("n_train", len(train))
 put("n_dev", len(dev))
@@ -114,8 +114,8 @@ add("teacher (MiniLM-L6)", teacher, "teacher", folder=config.cache_dir() / zoo.T
 
 # %%
 unl = datasets.concatenate_datasets([D.unlabeled(train), D.unlabeled(unlabeled_extra)])
-logits_unl = torch.cat([logits_train, zoo.teacher_logits(teacher, tokenizer, unlabeled_extra["text"],
-                                                         name="sst2-test" + config.pick("", "-smoke"))])
+logits_unl = torch.cat([logits_train, D.teacher_logits(teacher, tokenizer, unlabeled_extra["text"],
+                                                       cache=f"{LOGITS}test")])
 runs = {  # name -> (layers, data, teacher logits, DistillConfig overrides)
     "fine-tune, 2 layers": (2, train, None, dict(alpha=0.0)),
     "KD soft, 2 layers": (2, train, logits_train, dict(KD)),

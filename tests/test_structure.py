@@ -1,5 +1,5 @@
 """Pruned-BERT shapes (ufkit.structure), layer selection (ufkit.surgery.keep_layers, layers_to_keep), the teacher's
-cached logits and the store's busy-row rule."""
+cached logits (ufkit.compression.distillation.teacher_logits) and the store's busy-row rule."""
 
 from __future__ import annotations
 
@@ -114,17 +114,17 @@ def test_keep_layers_keeps_weights_and_structure(model_and_tok, tmp_path):
 
 
 def test_teacher_logits_are_cached(model_and_tok, tmp_path, monkeypatch):
-    from ufkit import zoo
+    from ufkit.compression.distillation import teacher_logits
     from ufkit.evaluate import predict_logits
 
-    monkeypatch.setenv("UFKIT_CACHE", str(tmp_path))
     model, tok = model_and_tok
-    first = zoo.teacher_logits(model, tok, TEXTS, name="t")
+    first = teacher_logits(model, tok, TEXTS, cache=tmp_path / "t")
     assert first.shape == (3, 2)
     calls = []
     monkeypatch.setattr("ufkit.evaluate.predict_logits", lambda *a, **k: calls.append(1) or predict_logits(*a, **k))
-    again = zoo.teacher_logits(model, tok, TEXTS, name="t")
+    again = teacher_logits(model, tok, TEXTS, cache=tmp_path / "t")
     assert torch.equal(first, again) and not calls
+    assert torch.equal(teacher_logits(model, tok, TEXTS), first) and calls  # no cache: computed again
     with torch.no_grad():
         direct = model(**_batch(tok)).logits
     torch.testing.assert_close(first, direct, atol=1e-5, rtol=0)

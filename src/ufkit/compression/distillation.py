@@ -149,7 +149,8 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def teacher_logits(teacher, tokenizer, texts, *, batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
+def teacher_logits(teacher, tokenizer, texts, *, batch_size: int = 64, max_length: int = 128,
+                   cache: str | Path | None = None) -> torch.Tensor:
     """The teacher's logits on ``texts``, in their order, computed once to distill several students from.
 
     Runs in eval mode under ``torch.inference_mode`` on the teacher's device, in length-sorted batches
@@ -159,6 +160,8 @@ def teacher_logits(teacher, tokenizer, texts, *, batch_size: int = 64, max_lengt
         teacher: a sequence classifier.
         texts: a sequence of strings (e.g. ``train_ds["text"]``).
         max_length: longer texts are truncated to this many tokens, as in training (``DistillConfig.max_length``).
+        cache: a folder to keep them in (safetensors), reused only for the same teacher weights, texts and
+            ``max_length`` (:func:`ufkit.cache.load_or_make`); None computes them every time.
 
     Returns:
         `torch.FloatTensor` of shape `(len(texts), num_labels)`, float32, on the CPU.
@@ -181,11 +184,24 @@ def teacher_logits(teacher, tokenizer, texts, *, batch_size: int = 64, max_lengt
     def run(**batch):
         return teacher(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
 
-    try:
-        logits = predict_logits(run, ds, tokenizer, batch_size)
-    finally:
-        teacher.train(was_training)
-    return torch.from_numpy(logits)
+    def make():
+        try:
+            return torch.from_numpy(predict_logits(run, ds, tokenizer, batch_size)), {"n": len(texts)}
+        finally:
+            teacher.train(was_training)
+
+    if cache is None:
+        return make()[0]
+    from safetensors.torch import load_file, save_file
+
+    from ..cache import fingerprint_model, fingerprint_texts, load_or_make
+
+    recipe = {"teacher_id": fingerprint_model(teacher), "texts_id": fingerprint_texts(texts), "max_length": max_length}
+    logits, _ = load_or_make(cache, recipe, make,
+                             save=lambda t, folder: save_file({"logits": t.contiguous()}, folder / "logits.safetensors"),
+                             load=lambda folder: load_file(folder / "logits.safetensors")["logits"])
+    teacher.train(was_training)
+    return logits
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None, *,
