@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from ..distill import hidden_mse, kd_loss
 from ..models import ModelError
 from ..surgery import keep_layers
-from ..training import TrainConfig, train_loop
+from ..training import TrainConfig
 from .common import CompressionError
 
 #: distillation targets: the teacher's softened probabilities, or its argmax
@@ -412,6 +412,8 @@ def distill(student, teacher, tokenizer, train_ds, cfg: DistillConfig | None = N
             range, ``teacher_logits`` of the wrong shape, label counts that differ, or a ``layer_map`` that does not
             fit the two depths.
     """
+    from ..training import train_loop  # looked up when called, as the other trainers do (tests wrap it)
+
     cfg = cfg if cfg is not None else DistillConfig()
     trainee, loader, loss_fn, history_extra = distillation_objective(student, tokenizer, train_ds, cfg,
                                                                      teacher=teacher, teacher_logits=teacher_logits)

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..surgery import check_bert_classifier
-from ..training import TrainConfig, train_loop
+from ..training import TrainConfig
 from .common import CompressionError
 
 #: the paper's constant replacement rate
@@ -299,6 +299,7 @@ def theseus_compress(teacher, tokenizer, train_ds, *, num_successors: int = 3,
             empty, or with labels outside ``[0, num_labels)``.
     """
     from ..data import make_dataloader, tokenize
+    from ..training import train_loop
     from .distillation import _check_data
 
     cfg = cfg if cfg is not None else TrainConfig()
