@@ -463,6 +463,15 @@ def _layer_list(text: str, option: str) -> list[int]:
         raise UfkitError(f"{option} must be comma-separated layer indices such as 0,2,4, got {text!r}") from None
 
 
+def _teacher_logits(teacher, tokenizer, train):
+    """The teacher's logits on the training rows, kept in ufkit's cache so that a rerun whose output is already
+    current does not pay for a teacher pass again (reused only for the same teacher weights and sentences)."""
+    from . import config
+    from .compression.distillation import teacher_logits
+
+    return teacher_logits(teacher, tokenizer, list(train["text"]), cache=config.cache_dir() / "teacher-logits-cli")
+
+
 def _report(net, tokenizer, task, output: Path, info: dict) -> None:
     from .evaluate import evaluate as evaluate_model
 
@@ -478,6 +487,7 @@ BatchOpt = typer.Option(32, "--batch-size", "-b", help="Sequences per step.")
 LrOpt = typer.Option(1e-4, help="Peak AdamW learning rate.")
 SeedOpt = typer.Option(42, help="Random seed.")
 RetrainOpt = typer.Option(False, help="Train even if OUTPUT already holds a result of the same recipe.")
+NTrainOpt = typer.Option(None, help="Train on a seeded subset of this many sentences.")
 
 
 @app.command()
@@ -501,7 +511,7 @@ def distill(
     epochs: float = EpochsOpt,
     batch_size: int = BatchOpt,
     learning_rate: float = LrOpt,
-    n_train: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many sentences."),
+    n_train: Optional[int] = NTrainOpt,
     seed: int = SeedOpt,
     retrain: bool = RetrainOpt,
 ):
@@ -540,7 +550,7 @@ def distill(
     cfg = D.DistillConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                           warmup_ratio=0.1, mode=mode, temperature=temperature,
                           alpha=1.0 if unlabeled else alpha, hidden_weight=hidden_weight)
-    logits = None if hidden_weight > 0 else D.teacher_logits(teacher, tokenizer, list(train["text"]))
+    logits = None if hidden_weight > 0 else _teacher_logits(teacher, tokenizer, train)
     net, tokenizer, info = D.load_or_distill(output, teacher=teacher, tokenizer=tokenizer,
                                              student=D.make_student(teacher, keep), train_ds=train, cfg=cfg,
                                              teacher_logits=logits, retrain=retrain)
@@ -616,7 +626,7 @@ def prune(
     pruned, notes = copy.deepcopy(teacher), {}
     if sparsity is not None:
         if recover:
-            logits = D.teacher_logits(teacher, tokenizer, list(recovery["text"]))
+            logits = _teacher_logits(teacher, tokenizer, recovery)
             net, tokenizer, info = S.load_or_sparse_finetune(output, model=pruned, tokenizer=tokenizer,
                                                              train_ds=recovery, sparsity=sparsity, scope="global",
                                                              cfg=cfg, teacher_logits=logits, retrain=retrain)
@@ -641,7 +651,7 @@ def prune(
         if drop_layers is not None:
             keep_layers(pruned, layers_to_keep(pruned.config.num_hidden_layers, drop_layers, strategy))
     if recover:
-        logits = D.teacher_logits(teacher, tokenizer, list(recovery["text"]))
+        logits = _teacher_logits(teacher, tokenizer, recovery)
         net, tokenizer, info = D.load_or_distill(output, teacher=teacher, tokenizer=tokenizer, student=pruned,
                                                  train_ds=recovery, cfg=cfg, teacher_logits=logits, retrain=retrain)
     else:
@@ -668,7 +678,7 @@ def theseus(
     epochs: float = EpochsOpt,
     batch_size: int = BatchOpt,
     learning_rate: float = LrOpt,
-    n_train: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many sentences."),
+    n_train: Optional[int] = NTrainOpt,
     seed: int = SeedOpt,
     retrain: bool = RetrainOpt,
 ):
@@ -727,7 +737,7 @@ def qat(
     _positive("--n-train", n_train)
     teacher, tokenizer, task = _compression_inputs(model, data, subset, text_column, label_column)
     train = sample(task["train"], n_train, seed=seed)
-    logits = D.teacher_logits(teacher, tokenizer, list(train["text"]))
+    logits = _teacher_logits(teacher, tokenizer, train)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, warmup_ratio=0.1)
     net, tokenizer, info = QT.load_or_qat(output, model=teacher, tokenizer=tokenizer, train_ds=train, cfg=cfg,
                                           teacher_logits=logits, per_channel=per_channel, retrain=retrain)

@@ -295,20 +295,17 @@ def load_or_qat(folder, *, model, tokenizer, train_ds, cfg=None, teacher_logits=
     Raises:
         CompressionError, UfkitError: see :func:`qat_finetune`.
     """
-    from ..cache import fingerprint_model, load_or_make_model
+    from ..cache import load_or_make_model
     from ..training import TrainConfig
-    from .sparsity import _check_kd, _data_id, _teacher_id, _teacher_tensor
+    from .sparsity import _check_kd, _teacher_tensor, _training_recipe
 
     temperature, alpha = _check_kd(temperature, alpha)
     cfg = dataclasses.replace(cfg or TrainConfig(), mixed_precision="no")
     cfg.validate()
     teacher = _teacher_tensor(teacher_logits, len(train_ds), getattr(model.config, "num_labels", None))
     recipe = {"method": "quantization-aware training for ORT dynamic int8 (Jacob et al. 2018)",
-              "per_channel": bool(per_channel), "embeddings": bool(embeddings), "config": cfg.recipe(),
-              "model_id": fingerprint_model(model), "data_id": _data_id(train_ds), "n_train": len(train_ds),
-              "teacher_id": _teacher_id(teacher),
-              "temperature": temperature if teacher is not None else None,
-              "alpha": alpha if teacher is not None else None}
+              "per_channel": bool(per_channel), "embeddings": bool(embeddings),
+              **_training_recipe(model, train_ds, cfg, teacher, temperature, alpha)}
 
     def make():
         student = copy.deepcopy(model)

@@ -255,6 +255,17 @@ def _objective(model, tokenizer, train_ds, cfg, teacher: torch.Tensor | None, te
     return trainee, loader, loss_fn
 
 
+def _training_recipe(model, train_ds, cfg, teacher: torch.Tensor | None, temperature: float, alpha: float) -> dict:
+    """What a cached fine-tune of this module or :mod:`~ufkit.compression.qat` depends on besides its own
+    settings: the config, the starting weights, the data and the distillation inputs."""
+    from ..cache import fingerprint_model
+
+    return {"config": cfg.recipe(), "model_id": fingerprint_model(model), "data_id": _data_id(train_ds),
+            "n_train": len(train_ds), "teacher_id": _teacher_id(teacher),
+            "temperature": temperature if teacher is not None else None,
+            "alpha": alpha if teacher is not None else None}
+
+
 def _check_kd(temperature, alpha) -> tuple[float, float]:
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise CompressionError(f"temperature must be a positive number, got {temperature!r}")
@@ -373,7 +384,7 @@ def load_or_sparse_finetune(folder, *, model, tokenizer, train_ds, sparsity: flo
     Raises:
         CompressionError, UfkitError: see :func:`sparse_finetune`.
     """
-    from ..cache import fingerprint_model, load_or_make_model
+    from ..cache import load_or_make_model
     from ..training import TrainConfig
 
     sparsity = _check_pruning(sparsity, scope, update_every, start, end)
@@ -382,11 +393,8 @@ def load_or_sparse_finetune(folder, *, model, tokenizer, train_ds, sparsity: flo
     cfg.validate()
     teacher = _teacher_tensor(teacher_logits, len(train_ds), getattr(model.config, "num_labels", None))
     recipe = {"method": "gradual magnitude pruning (Zhu & Gupta 2017)", "sparsity": sparsity, "scope": scope,
-              "update_every": update_every, "start": start, "end": end, "config": cfg.recipe(),
-              "model_id": fingerprint_model(model), "data_id": _data_id(train_ds), "n_train": len(train_ds),
-              "teacher_id": _teacher_id(teacher),
-              "temperature": temperature if teacher is not None else None,
-              "alpha": alpha if teacher is not None else None}
+              "update_every": update_every, "start": start, "end": end,
+              **_training_recipe(model, train_ds, cfg, teacher, temperature, alpha)}
 
     def make():
         student = copy.deepcopy(model)
