@@ -150,15 +150,28 @@ def record_structure(model) -> dict:
         for m in model.modules():
             if getattr(m, "config", None) is not None and isinstance(m.config, BertConfig):
                 m.config = model.config
-    for cls, pruned in ((BertForSequenceClassification, PrunedBertForSequenceClassification),
-                        (BertModel, PrunedBertModel)):
-        if type(model) is cls:
-            model.__class__ = pruned
-        base = getattr(model, "bert", None)
-        if type(base) is cls:
-            base.__class__ = pruned
+    swap_classes(model, {BertForSequenceClassification: PrunedBertForSequenceClassification,
+                         BertModel: PrunedBertModel})
     setattr(model.config, STRUCTURE_KEY, s)
     return s
+
+
+def swap_classes(model, classes: dict) -> None:
+    """Give ``model`` (and its ``bert`` base model) the subclass ``classes[type]`` of its class, in place.
+
+    Same modules, same weights; transformers' output capturing (``output_hidden_states``, which it records with hooks
+    keyed by the model's class) is told about the new class, as ``post_init`` would have done.
+    """
+    for module in (model, getattr(model, "bert", None)):
+        new = classes.get(type(module))
+        if new is None:
+            continue
+        module.__class__ = new
+        try:
+            from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+        except ImportError:  # older transformers record hidden states without the registry
+            continue
+        _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
 
 
 def apply_structure(model, structure: dict | None = None) -> nn.Module:

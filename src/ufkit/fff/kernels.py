@@ -172,7 +172,7 @@ def load_extension(backend: str, verbose: bool = False):
         sources = []
         try:
             if backend == "native":
-                sources = [str(CPP_DIR / "fff_native.cpp")]
+                sources = [str(CPP_DIR / "fff_native.cpp"), str(CPP_DIR / "leaf_fff.cpp")]
             elif backend == "mkl":
                 inc, _ = _mkl_paths()
                 includes.append(str(inc))
