@@ -403,6 +403,35 @@ def test_prepacked_weight_follows_inplace_updates():
     )
 
 
+def test_prepacked_cache_keeps_every_layer_of_a_deep_model(monkeypatch):
+    """16 layers' transposes stay cached (a 16-layer model must not re-pack every layer on every call); past
+    PACKED_MAX_BYTES the least recently used copy goes first."""
+    made = []
+
+    def count(w):
+        made.append(w)
+        return w.t().contiguous()
+    monkeypatch.setattr(kernels, "_packed", type(kernels._packed)())
+    weights = [torch.randn(4, 7) for _ in range(16)]  # 112 bytes per copy
+    for _ in range(3):
+        for w in weights:
+            kernels._prepacked(w, "t", count)
+    assert len(made) == 16
+    monkeypatch.setattr(kernels, "PACKED_MAX_BYTES", 3 * 112)
+    kernels._packed.clear()
+    made.clear()
+    for w in weights[:3]:
+        kernels._prepacked(w, "t", count)  # room for exactly these three
+    kernels._prepacked(weights[0], "t", count)  # a hit: 0 is now the most recent
+    kernels._prepacked(weights[3], "t", count)  # evicts 1, the least recent
+    assert len(made) == 4 and len(kernels._packed) == 3
+    kernels._prepacked(weights[0], "t", count)
+    kernels._prepacked(weights[2], "t", count)
+    assert len(made) == 4
+    kernels._prepacked(weights[1], "t", count)
+    assert len(made) == 5
+
+
 @pytest.mark.parametrize("backend", ["auto"] + CPU_BACKENDS)
 def test_training_form_equals_inference_form(backend):
     need(backend)

@@ -8,6 +8,7 @@ visited FFF nodes exactly, in ``eval()`` (compiled kernels) and in the ``train()
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -406,3 +407,144 @@ def test_torch_compile_fullgraph_reproduces_fixture(backend, expected, inputs):
     assert maxdiff(out.logits, expected["mlm_logits"]) <= TOL
     for i, nodes in enumerate(out.fff_visited_nodes):
         assert torch.equal(nodes, expected[f"fff_layer{i}_visited_nodes"])
+
+
+# ---- the dense twin, the masked form, the end-to-end benchmark -----------------------------------------------
+
+TINY = dict(num_hidden_layers=2, hidden_size=32, vocab_size=64, depth=3)
+
+
+def tiny_ids(batch=2, seq=16, seed=0):
+    return torch.randint(1, 64, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_1x11_long_sizes_are_the_hub_checkpoints():
+    from ufkit.ultrafastbert.configuration import _merge
+    assert _merge(ufb.DEFAULT_ARCH, ufb.ULTRAFASTBERT_1X11_LONG) == ufb.DEFAULT_ARCH
+    config = ufb.end_to_end_config()
+    assert config.arch == ufb.DEFAULT_ARCH and config.is_fff and config.intermediate_size == 4095
+    twin = ufb.end_to_end_config(dense=True)
+    assert not twin.is_fff and twin.intermediate_size == ufb.DENSE_WIDTH == 3072
+    assert {k: v for k, v in twin.arch.items() if not k.startswith("intermed_")} == \
+        {k: v for k, v in config.arch.items() if not k.startswith("intermed_")}
+
+
+@pytest.mark.parametrize("kind", ["dense", "ff"])
+def test_dense_twin_round_trips_through_save_pretrained(tmp_path, kind):
+    torch.manual_seed(0)
+    config = ufb.end_to_end_config(True, **TINY, dense_width=48, arch={"intermed_type": kind})
+    model = ufb.CrammedBertForMaskedLM(config).eval()
+    state = model.state_dict()
+    assert state["encoder.layers.0.ffn.dense_in.weight"].shape == (48, 32)
+    assert state["encoder.layers.1.ffn.dense_out.weight"].shape == (32, 48)
+    assert not [k for k in state if ".ffn." in k and k.endswith(".bias")]  # arch.use_bias is false, as in crammedBERT
+    assert not [k for k in state if "linear_in" in k or "linear_out" in k]
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["arch"]["intermed_type"] == kind and saved["arch"]["intermed_size"] == 48
+    again = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    assert isinstance(again.encoder.layers[0].ffn, ufb.CrammedFFN) and again.config.arch == config.arch
+    ids = tiny_ids()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_dense_ffn_is_linear_gelu_linear_and_the_twin_shares_the_rest():
+    torch.manual_seed(0)
+    fff_model = ufb.CrammedBertModel(ufb.end_to_end_config(**TINY)).eval()
+    twin = ufb.dense_twin(fff_model, dense_width=40)
+    ffn = twin.layers[1].ffn
+    assert isinstance(ffn, ufb.CrammedFFN) and ffn.width == 40 and twin.config.arch["intermed_type"] == "dense"
+    x = torch.randn(3, 5, 32, dtype=torch.float64)
+    w_in, w_out = ffn.dense_in.weight.double(), ffn.dense_out.weight.double()
+    z = x @ w_in.T  # (3, 5, 40)
+    want = (0.5 * z * (1 + torch.erf(z / math.sqrt(2)))) @ w_out.T  # exact GELU
+    with torch.no_grad():
+        assert maxdiff(ffn.double()(x), want) <= 1e-12
+    a, b = fff_model.state_dict(), twin.state_dict()
+    shared = [k for k in a if ".ffn." not in k]
+    assert shared and all(torch.equal(a[k], b[k]) for k in shared)
+    assert sorted(k for k in b if ".ffn." in k) == sorted(
+        f"layers.{i}.ffn.dense_{d}.weight" for i in range(2) for d in ("in", "out"))
+    with pytest.raises(ufb.UltraFastBertConfigError, match="intermed_type"):
+        ufb.dense_twin(twin)
+
+
+def test_masked_backend_matches_the_kernel_form_without_calling_the_op(monkeypatch):
+    torch.manual_seed(0)
+    model = ufb.CrammedBertModel(ufb.end_to_end_config(**TINY)).eval()
+    ids = tiny_ids()
+    with torch.no_grad():
+        kernel = model(ids, output_fff_nodes=True)
+        model.set_fff_backend("masked")
+        import ufkit.ultrafastbert.modeling as modeling
+
+        def no_op(*args, **kwargs):
+            raise AssertionError("the masked form must not call torch.ops.ufkit.fff")
+        monkeypatch.setattr(modeling, "fff_op", no_op)
+        masked = model(ids, output_fff_nodes=True)
+    assert maxdiff(masked.last_hidden_state, kernel.last_hidden_state) <= TOL
+    for x, y in zip(masked.fff_visited_nodes, kernel.fff_visited_nodes):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        model.set_fff_backend("fast")
+
+
+def test_fff_only_methods_on_a_dense_model_name_intermed_type():
+    model = ufb.CrammedBertModel(ufb.end_to_end_config(True, **TINY, dense_width=16)).eval()
+    with pytest.raises(ufb.UltraFastBertConfigError, match=r"set_fff_backend .*arch\.intermed_type is 'dense'"):
+        model.set_fff_backend("masked")
+    with pytest.raises(ufb.UltraFastBertConfigError, match=r"output_fff_nodes.*arch\.intermed_type"):
+        model(tiny_ids(), output_fff_nodes=True)
+
+
+@pytest.mark.parametrize("value", ["moe", "FFF", None])
+def test_unknown_intermed_type_names_the_key(value):
+    with pytest.raises(ufb.UltraFastBertConfigError, match=r"arch\.intermed_type = .* is not supported"):
+        ufb.end_to_end_config(**TINY, arch={"intermed_type": value})
+    config = tiny_config(intermed_type=value)
+    with pytest.raises(ufb.UltraFastBertConfigError, match=r"arch\.intermed_type"):
+        ufb.CrammedBertModel(config)
+
+
+def test_bench_end_to_end_tiny(tmp_path):
+    from ufkit.measure.store import ResultsStore
+    from ufkit.ultrafastbert.bench import TABLE
+    store = ResultsStore(tmp_path)
+    df = ufb.bench_end_to_end((1, 2), 16, n_inputs=2, rounds=1, threads=1, store=store, dense_width=48, **TINY)
+    assert sorted(zip(df.form, df.batch_size)) == sorted((f, b) for f in ("masked", "kernel", "dense") for b in (1, 2))
+    for col in ("form", "batch_size", "seq_len", "num_hidden_layers", "hidden_size", "intermediate_size", "depth",
+                "n_trees", "latency_ms_mean", "latency_ms_std", "latency_ms_p50", "latency_ms_min", "n_calls",
+                "throughput_seq_per_s", "tokens_per_s", "busy", "cpu_path", "fff_backend", "threads",
+                "machine_id", "cpu_model", "max_abs_diff_vs_masked"):
+        assert col in df.columns, col
+    assert (df.seq_len == 16).all() and (df.num_hidden_layers == 2).all() and (df.hidden_size == 32).all()
+    assert (df.n_calls == 2).all() and (df.latency_ms_mean > 0).all()
+    assert dict(zip(df.form, df.intermediate_size)) == {"masked": 15, "kernel": 15, "dense": 48}
+    assert (df[df.form == "kernel"].max_abs_diff_vs_masked <= TOL).all()
+    assert set(df[df.form == "masked"].fff_backend) == {"masked"}
+    assert len(store.read(TABLE)) == 6
+    sp = ufb.speedups(df)
+    assert sorted(sp.batch_size) == [1, 2] and sp[["kernel_vs_dense", "masked_vs_dense"]].notna().all().all()
+    only = ufb.bench_end_to_end((1,), 8, forms=("dense",), n_inputs=1, rounds=1, threads=1, **TINY)
+    assert list(only.form) == ["dense"] and ufb.speedups(only).kernel_vs_dense.isna().all()
+    with pytest.raises(ValueError, match="forms"):
+        ufb.bench_end_to_end((1,), 8, forms=("sparse",), n_inputs=1, rounds=1, **TINY)
+
+
+def test_amdahl_bound_counts_what_count_flops_counts():
+    from ufkit.measure import count_flops
+    B, S = 2, 16
+    config = ufb.end_to_end_config(**TINY)
+    bound = ufb.amdahl_bound(config, seq_len=S, dense_width=48)
+    torch.manual_seed(0)
+    model = ufb.CrammedBertModel(config).eval()
+    twin = ufb.dense_twin(model, dense_width=48)
+    model.set_fff_backend("masked")
+    ids = tiny_ids(B, S)
+    with torch.no_grad():
+        assert count_flops(twin, ids) == B * bound["flops_dense"]
+        assert count_flops(model, ids) == B * bound["flops_masked"]
+    full = ufb.amdahl_bound()  # 1x11-long at 128 tokens against a 3,072-wide twin: design arithmetic, not a timing
+    assert full["ffn_fraction"] == pytest.approx(3072 / (3072 + 2 * 768 + 128), rel=1e-12)
+    assert 2.8 < full["bound_kernel"] < full["bound_ffn_free"] < 2.9 and 0.8 < full["masked_vs_dense"] < 0.85

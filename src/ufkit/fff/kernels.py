@@ -41,6 +41,7 @@ import sys
 import sysconfig
 import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -295,8 +296,11 @@ def cpu_paths(weight_dtype: torch.dtype | None = None) -> list[str]:
 
 # ---- prepacked weights ---------------------------------------------------------------------------------
 
-_packed: dict[tuple, tuple] = {}
-_PACKED_MAX = 8
+_packed: OrderedDict[tuple, tuple] = OrderedDict()
+#: Bytes of prepacked copies the cache keeps (least recently used dropped first): enough for every layer of a
+#: 16- or 24-layer model with one 1x11 tree per layer (12.6 MB per 768 x 4,095 copy), which a count limit below the
+#: layer count would re-pack on every call.
+PACKED_MAX_BYTES = 512 << 20
 
 
 def _prepacked(w: torch.Tensor, kind: str, make) -> torch.Tensor:
@@ -304,11 +308,15 @@ def _prepacked(w: torch.Tensor, kind: str, make) -> torch.Tensor:
     key = (kind, w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w.device)
     hit = _packed.get(key)
     if hit is not None and hit[0] is w and hit[1] == w._version:
+        _packed.move_to_end(key)
         return hit[2]
     packed = make(w.detach())
-    if len(_packed) >= _PACKED_MAX:
-        _packed.pop(next(iter(_packed)))
+    _packed.pop(key, None)
     _packed[key] = (w, w._version, packed)
+    held = sum(e[2].numel() * e[2].element_size() for e in _packed.values())
+    while held > PACKED_MAX_BYTES and len(_packed) > 1:
+        _, (_, _, old) = _packed.popitem(last=False)
+        held -= old.numel() * old.element_size()
     return packed
 
 
@@ -317,7 +325,8 @@ def transposed_weight(w_out: torch.Tensor) -> torch.Tensor:
 
     A node's output weights are a column of ``w_out``; the kernels want them as one contiguous row. The cache
     keeps a reference to ``w_out`` (so its memory cannot be reused by another tensor) and its version counter
-    (so an in-place update such as an optimizer step invalidates the copy). At most 8 entries.
+    (so an in-place update such as an optimizer step invalidates the copy). At most
+    :data:`PACKED_MAX_BYTES` of copies, least recently used dropped first.
     """
     return _prepacked(w_out, "t", lambda w: w.t().contiguous())  # (K*N, H_out)
 

@@ -11,21 +11,29 @@ recipe works with ``import ufkit.ultrafastbert`` in place of ``import cramming``
     from transformers import AutoModelForMaskedLM
     model = AutoModelForMaskedLM.from_pretrained("pbelcak/UltraFastBERT-1x11-long").eval()
 
-* :mod:`ufkit.ultrafastbert.configuration`: :class:`CrammedBertConfig` (the original nested ``arch`` config);
+* :mod:`ufkit.ultrafastbert.configuration`: :class:`CrammedBertConfig` (the original nested ``arch`` config;
+  ``arch.intermed_type`` ``"fff"``, or ``"ff"``/``"dense"`` for crammedBERT's dense feedforward);
 * :mod:`ufkit.ultrafastbert.modeling`: :class:`CrammedBertModel`, :class:`CrammedBertForMaskedLM`,
   :class:`CrammedBertForSequenceClassification`; FFF layers from :mod:`ufkit.fff` (training form in ``train()``,
-  compiled kernels in ``eval()``);
+  compiled kernels in ``eval()``, or the training form in ``eval()`` with backend ``"masked"``), or
+  :class:`CrammedFFN` for a dense model;
 * :mod:`ufkit.ultrafastbert.ops`: the FFF inference form as the ``torch.library`` op ``torch.ops.ufkit.fff`` (fake
-  kernel and autograd formula), which ``eval()`` runs, so ``torch.compile(model, fullgraph=True)`` works.
+  kernel and autograd formula), which ``eval()`` runs, so ``torch.compile(model, fullgraph=True)`` works;
+* :mod:`ufkit.ultrafastbert.bench`: end-to-end latency of a 1x11-long-sized model in the masked form (the
+  released code's), the kernel form and its dense twin (:func:`bench_end_to_end`, :func:`speedups`), and the FLOP
+  bound (:func:`amdahl_bound`).
 """
 
 from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining,
                           AutoModelForSequenceClassification)
 
-from .configuration import DEFAULT_ARCH, CrammedBertConfig, UltraFastBertConfigError, check_supported
-from .modeling import (CrammedBertForMaskedLM, CrammedBertForSequenceClassification, CrammedBertMaskedLMOutput,
-                       CrammedBertModel, CrammedBertModelOutput, CrammedBertPreTrainedModel,
-                       CrammedBertSequenceClassifierOutput, CrammedFFF, UltraFastBertCheckpointError,
+from .bench import (DENSE_WIDTH, ULTRAFASTBERT_1X11_LONG, amdahl_bound, bench_end_to_end, dense_twin,
+                    end_to_end_config, speedups)
+from .configuration import (DEFAULT_ARCH, DENSE_INTERMED_TYPES, INTERMED_TYPES, CrammedBertConfig,
+                            UltraFastBertConfigError, check_supported)
+from .modeling import (FFF_BACKENDS, CrammedBertForMaskedLM, CrammedBertForSequenceClassification,
+                       CrammedBertMaskedLMOutput, CrammedBertModel, CrammedBertModelOutput, CrammedBertPreTrainedModel,
+                       CrammedBertSequenceClassifierOutput, CrammedFFF, CrammedFFN, UltraFastBertCheckpointError,
                        sinusoidal_positions)
 
 #: the hub checkpoint of the paper (16 layers, hidden 768, one FFF tree of depth 11)
@@ -40,6 +48,9 @@ AutoModelForSequenceClassification.register(CrammedBertConfig, CrammedBertForSeq
 __all__ = [
     "HUB_CHECKPOINT",
     "DEFAULT_ARCH",
+    "DENSE_INTERMED_TYPES",
+    "INTERMED_TYPES",
+    "FFF_BACKENDS",
     "CrammedBertConfig",
     "UltraFastBertConfigError",
     "UltraFastBertCheckpointError",
@@ -52,5 +63,13 @@ __all__ = [
     "CrammedBertMaskedLMOutput",
     "CrammedBertSequenceClassifierOutput",
     "CrammedFFF",
+    "CrammedFFN",
     "sinusoidal_positions",
+    "ULTRAFASTBERT_1X11_LONG",
+    "DENSE_WIDTH",
+    "end_to_end_config",
+    "dense_twin",
+    "bench_end_to_end",
+    "speedups",
+    "amdahl_bound",
 ]

@@ -9,6 +9,11 @@ and the dtype. :class:`CrammedBertConfig` keeps that object as it is (``config.a
 reads the usual Hugging Face names from it (``hidden_size``, ``num_hidden_layers``, ...) as properties. The number
 of classification labels is the Hugging Face ``num_labels`` (``id2label``) of the top level, not
 ``arch.num_labels``. :func:`check_supported` names the first ``arch`` entry this implementation cannot run.
+
+The feedforward block of every layer is ``arch.intermed_type``: ``"fff"`` (UltraFastBERT: ``arch.intermed_size``
+trees of depth ``arch.intermed_depth``) or a dense one (crammedBERT's: ``arch.intermed_size`` is then its width,
+e.g. 3,072), spelt ``"ff"`` as in the original code's configs or ``"dense"``. A dense model is UltraFastBERT's dense
+twin: the same embedding, attention and norms, and a feedforward ``Linear -> GELU -> Linear``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from transformers import PretrainedConfig
 
 from .. import UfkitError
 
-__all__ = ["CrammedBertConfig", "UltraFastBertConfigError", "DEFAULT_ARCH", "check_supported"]
+__all__ = ["CrammedBertConfig", "UltraFastBertConfigError", "DEFAULT_ARCH", "DENSE_INTERMED_TYPES",
+           "INTERMED_TYPES", "check_supported"]
+
+#: ``arch.intermed_type`` values of a dense feedforward: ``"ff"`` (the original crammedBERT configs' name, also its
+#: default when the entry is absent there) and ``"dense"``; both build the same model.
+DENSE_INTERMED_TYPES = ("ff", "dense")
+#: Every supported ``arch.intermed_type``: ``"fff"`` and the dense ones.
+INTERMED_TYPES = ("fff",) + DENSE_INTERMED_TYPES
 
 #: The ``arch`` of ``pbelcak/UltraFastBERT-1x11-long``'s ``config.json``: 16 layers, hidden 768, 12 heads, one FFF tree
 #: of depth 11 (4,095 neurons, 12 used per token), vocabulary 32,768, 128 positions. Missing keys of a given ``arch``
@@ -116,7 +128,8 @@ def check_supported(arch: dict) -> None:
     Supported: the released UltraFastBERT layout (pre-norm LayerNorm, GELU, FFF feedforward, self-attention with a
     fused per-head ``query_key_value`` and no biases, scaled sinusoidal positions, MLM head without transform,
     pooler ``zero_index`` or ``avg`` with a Tanh dense layer); ``final_norm``, ``embedding.normalization`` and
-    ``tie_weights`` may be either value. Training-only entries (dropouts aside) are not checked.
+    ``tie_weights`` may be either value; ``intermed_type`` may also be dense (:data:`DENSE_INTERMED_TYPES`, width
+    ``intermed_size``; ``intermed_depth`` is then not read). Training-only entries (dropouts aside) are not checked.
     """
     hidden = _int(arch, "hidden_size", 1)
     dim = _int(arch, "embedding.embedding_dim", 1)
@@ -129,8 +142,14 @@ def check_supported(arch: dict) -> None:
         raise UltraFastBertConfigError(
             f"arch.hidden_size ({hidden}) must be divisible by arch.attention.num_attention_heads ({heads})")
     _int(arch, "num_transformer_layers", 1)
+    kind = _get(arch, "intermed_type")
+    if kind not in INTERMED_TYPES:
+        raise UltraFastBertConfigError(
+            f"arch.intermed_type = {kind!r} is not supported (this implementation needs 'fff' for fast feedforward "
+            f"layers, or one of {DENSE_INTERMED_TYPES} for a dense feedforward of width arch.intermed_size)")
     _int(arch, "intermed_size", 1)
-    _int(arch, "intermed_depth", 0)
+    if kind == "fff":
+        _int(arch, "intermed_depth", 0)
     _int(arch, "embedding.vocab_size", 1)
     _int(arch, "embedding.max_seq_length", 1)
     _int(arch, "classification_head.head_dim", 1)
@@ -139,7 +158,6 @@ def check_supported(arch: dict) -> None:
                             or not 0 <= pad < arch["embedding"]["vocab_size"]):
         raise UltraFastBertConfigError(f"arch.embedding.pad_token_id must be a token id or null, got {pad!r}")
     expected = {
-        "intermed_type": "fff",
         "norm": "LayerNorm",
         "nonlin": "GELU",
         "norm_scheme": "pre",
@@ -191,6 +209,8 @@ class CrammedBertConfig(PretrainedConfig):
     ``max_position_embeddings`` (``arch.embedding.max_seq_length``), ``pad_token_id``, ``layer_norm_eps``
     (``arch.norm_eps``), ``tie_word_embeddings`` (``arch.tie_weights``), and for the FFF layers ``fff_depth``
     (``arch.intermed_depth``) and ``fff_n_trees`` (``arch.intermed_size``: the number of trees, not a width).
+    ``is_fff`` tells the feedforward kind (``arch.intermed_type``) and ``intermediate_size`` its width: the dense
+    width, or the FFF's neurons K*(2**(D+1) - 1).
 
     Raises:
         UltraFastBertConfigError: ``arch`` is not a dict (unsupported values are reported when a model is built,
@@ -266,13 +286,25 @@ class CrammedBertConfig(PretrainedConfig):
         self.arch["tie_weights"] = bool(value)
 
     @property
+    def is_fff(self) -> bool:
+        """``arch.intermed_type == "fff"``: fast feedforward layers; False for a dense feedforward."""
+        return self.arch["intermed_type"] == "fff"
+
+    @property
+    def intermediate_size(self) -> int:
+        """Neurons per feedforward: ``arch.intermed_size`` for a dense one, K*(2**(D+1) - 1) for FFF trees."""
+        if self.is_fff:
+            return self.arch["intermed_size"] * (2 ** (self.arch["intermed_depth"] + 1) - 1)
+        return self.arch["intermed_size"]
+
+    @property
     def fff_depth(self) -> int:
         """``arch.intermed_depth``: levels below the root of each FFF tree (2**(depth+1) - 1 neurons per tree)."""
         return self.arch["intermed_depth"]
 
     @property
     def fff_n_trees(self) -> int:
-        """``arch.intermed_size``: parallel FFF trees per layer."""
+        """``arch.intermed_size``: parallel FFF trees per layer (for a dense model: its width, see ``is_fff``)."""
         return self.arch["intermed_size"]
 
     @property

@@ -21,6 +21,11 @@ In ``train()`` mode every FFF layer runs the training form of the paper (dense p
 nodes, differentiable); in ``eval()`` mode the inference form through ufkit's compiled kernels
 (:func:`ufkit.fff.kernels.fff_forward`, ``backend="auto"``), which touches only the visited neurons, registered as the
 op ``torch.ops.ufkit.fff`` (:mod:`ufkit.ultrafastbert.ops`) so that ``torch.compile(model, fullgraph=True)`` traces it.
+The backend ``"masked"`` (:meth:`CrammedBertModel.set_fff_backend`) runs the training form in ``eval()`` too: what the
+released code runs at inference, for comparison.
+
+With a dense ``arch.intermed_type`` (``"ff"`` or ``"dense"``) every layer's feedforward is :class:`CrammedFFN`
+instead, ``ffn.dense_out(GELU(ffn.dense_in(x)))``: the dense twin of an UltraFastBERT model.
 """
 
 from __future__ import annotations
@@ -36,14 +41,16 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
 from .. import UfkitError
-from ..fff import FFF, fff_route, fff_training_form
-from .configuration import CrammedBertConfig, check_supported
+from ..fff import BACKENDS, FFF, fff_route, fff_training_form
+from .configuration import CrammedBertConfig, UltraFastBertConfigError, check_supported
 from .ops import fff as fff_op
 
 __all__ = [
     "UltraFastBertCheckpointError",
     "sinusoidal_positions",
+    "FFF_BACKENDS",
     "CrammedFFF",
+    "CrammedFFN",
     "CrammedBertModelOutput",
     "CrammedBertMaskedLMOutput",
     "CrammedBertSequenceClassifierOutput",
@@ -52,6 +59,11 @@ __all__ = [
     "CrammedBertForMaskedLM",
     "CrammedBertForSequenceClassification",
 ]
+
+
+#: What :meth:`CrammedBertModel.set_fff_backend` accepts: ``"auto"`` and the kernels' backends (see
+#: :func:`ufkit.fff.kernels.fff_forward`), and ``"masked"``: the training form in ``eval()`` too.
+FFF_BACKENDS = ("auto",) + BACKENDS + ("masked",)
 
 
 class UltraFastBertCheckpointError(UfkitError, ValueError):
@@ -160,12 +172,14 @@ class CrammedFFF(FFF):
     root first, heap numbering inside each tree (root 0, children of n are 2n+1 and 2n+2). ``train()``: the masked
     training form; ``eval()``: the compiled inference form (``backend``, default ``"auto"``) through the registered op
     ``torch.ops.ufkit.fff`` (:mod:`ufkit.ultrafastbert.ops`: traceable by ``torch.compile``, and differentiable with
-    the training form's gradients), whose own routing gives the nodes.
+    the training form's gradients), whose own routing gives the nodes. ``backend = "masked"`` runs the masked
+    training form in ``eval()`` as well (every neuron computed, then masked: what the released code runs, at the
+    cost of a dense layer of width K*N); the op is not called then.
     """
 
     def forward(self, hidden_states: torch.Tensor, output_nodes: bool = False):
         w_in, b_in, w_out = self.linear_in.weight, self.linear_in.bias, self.linear_out.weight
-        if self.training:
+        if self.training or self.backend == "masked":
             y = fff_training_form(hidden_states, w_in, b_in, w_out, self.depth, self.n_trees)
             if not output_nodes:
                 return y
@@ -183,8 +197,32 @@ class CrammedFFF(FFF):
         return route - offset[:, None]
 
 
+class CrammedFFN(nn.Module):
+    """crammedBERT's dense feedforward (the original ``FFNComponent``): ``dense_out(GELU(dense_in(x)))``.
+
+    ``dense_in`` `(I, H)` and ``dense_out`` `(H, I)` with biases when ``arch.use_bias`` (false in the crammedBERT and
+    UltraFastBERT configs, so none), I = ``arch.intermed_size``; GELU is the exact (erf) one. `(..., H)` ->
+    `(..., H)`.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
+        super().__init__()
+        self.dense_in = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.nonlin = nn.GELU()
+        self.dense_out = nn.Linear(intermediate_size, hidden_size, bias=bias)
+
+    @property
+    def width(self) -> int:
+        """Neurons in the layer, I."""
+        return self.dense_in.out_features
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense_out(self.nonlin(self.dense_in(hidden_states)))
+
+
 class CrammedLayer(nn.Module):
-    """One pre-norm transformer layer: ``x + dropout(attn(norm1(x)))``, then ``x + dropout(ffn(norm2(x)))``."""
+    """One pre-norm transformer layer: ``x + dropout(attn(norm1(x)))``, then ``x + dropout(ffn(norm2(x)))``; ``ffn``
+    is a :class:`CrammedFFF` or, for a dense ``arch.intermed_type``, a :class:`CrammedFFN`."""
 
     def __init__(self, config: CrammedBertConfig):
         super().__init__()
@@ -193,7 +231,10 @@ class CrammedLayer(nn.Module):
         self.norm1 = nn.LayerNorm(H, eps=arch["norm_eps"])
         self.attn = CrammedAttention(config)
         self.norm2 = nn.LayerNorm(H, eps=arch["norm_eps"])
-        self.ffn = CrammedFFF(H, H, depth=arch["intermed_depth"], n_trees=arch["intermed_size"])
+        if arch["intermed_type"] == "fff":
+            self.ffn = CrammedFFF(H, H, depth=arch["intermed_depth"], n_trees=arch["intermed_size"])
+        else:
+            self.ffn = CrammedFFN(H, arch["intermed_size"], bias=bool(arch["use_bias"]))
         self.dropout = nn.Dropout(arch["hidden_dropout_prob"])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, output_nodes: bool = False):
@@ -367,6 +408,7 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
     Raises:
         ValueError: ``input_ids`` not 2-D integer ids in the vocabulary, longer than ``max_seq_length``, or an
             ``attention_mask`` of another shape.
+        UltraFastBertConfigError: ``output_fff_nodes=True`` on a dense model (no FFF layers).
     """
 
     def __init__(self, config: CrammedBertConfig):
@@ -385,14 +427,35 @@ class CrammedBertModel(CrammedBertPreTrainedModel):
         self.embedding.word_embedding = value
 
     def set_fff_backend(self, backend: str) -> None:
-        """Inference backend of every FFF layer in ``eval()`` (see :func:`ufkit.fff.kernels.fff_forward`)."""
+        """Inference backend of every FFF layer in ``eval()``: one of :data:`FFF_BACKENDS`.
+
+        ``"auto"``, ``"torch_gather"``, ``"native"``, ``"mkl"``, ``"cuda"``: the inference form through
+        :func:`ufkit.fff.kernels.fff_forward`; ``"masked"``: the masked training form (what the released code runs).
+        ``train()`` always runs the training form.
+
+        Raises:
+            ValueError: an unknown backend.
+            UltraFastBertConfigError: the model is dense (``arch.intermed_type`` ``"ff"``/``"dense"``): it has no FFF
+                layer, and silently ignoring the call would let a benchmark time something else than it says.
+        """
+        if backend not in FFF_BACKENDS:
+            raise ValueError(f"backend must be one of {FFF_BACKENDS}, got {backend!r}")
+        self._require_fff("set_fff_backend")
         for layer in self.layers:
             layer.ffn.backend = backend
+
+    def _require_fff(self, what: str) -> None:
+        if not self.config.is_fff:
+            raise UltraFastBertConfigError(
+                f"{what} needs FFF layers, but this model's arch.intermed_type is "
+                f"{self.config.arch['intermed_type']!r} (a dense feedforward)")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, output_hidden_states: bool | None = None,
                 output_fff_nodes: bool = False, return_dict: bool | None = None):
         _check_inputs(self.config, input_ids, attention_mask)
+        if output_fff_nodes:
+            self._require_fff("output_fff_nodes=True")
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if return_dict is None:
