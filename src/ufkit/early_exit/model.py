@@ -70,6 +70,22 @@ FORMAT_VERSION = 1
 # ----------------------------------------------------------------------------------------- locating layers
 
 
+def _feedforward_flops(layers, dense: int) -> int:
+    """Mean over layers of the feedforward's linear FLOPs per token: ``dense`` for a dense one, else the FFF
+    module's own count (``flops_per_token``; UltraFastBERT's FFF reports ``{"fff": ...}``)."""
+    per = []
+    for layer in layers:
+        ff = getattr(layer, "intermediate", None)
+        count = getattr(ff, "flops_per_token", None)
+        if count is None:
+            dense_in = getattr(ff, "dense", None)
+            per.append(4 * dense_in.in_features * dense_in.out_features if dense_in is not None else dense)
+            continue
+        c = count()
+        per.append(c["fff"] if isinstance(c, dict) else c)
+    return int(round(sum(per) / len(per))) if per else dense
+
+
 def _find_parts(model):
     """``(base_model, embeddings, layers)`` of a BERT-like model, or raise EarlyExitError naming what is missing."""
     base = getattr(model, "base_model", model)
@@ -135,6 +151,9 @@ class EarlyExitModel(nn.Module):
         self.num_hidden_layers = len(layers)
         self.hidden_size = int(cfg.hidden_size)
         self.intermediate_size = int(getattr(cfg, "intermediate_size", 4 * self.hidden_size))
+        # linear FLOPs per token of one layer's feedforward: 4 h f for a dense one; a fast feedforward layer
+        # (ufkit.fff.bert) counts what a token visits (its routers and one leaf, or its tree path)
+        self.feedforward_flops = _feedforward_flops(layers, 4 * self.hidden_size * self.intermediate_size)
         self.branch_kwargs = dict(cls_hidden_size=cls_hidden_size, cls_num_heads=cls_num_heads, dropout=dropout)
         self.students = nn.ModuleList([FastBertClassifier(self.hidden_size, num_labels, **self.branch_kwargs)
                                        for _ in range(self.num_hidden_layers - 1)])
@@ -186,12 +205,13 @@ class EarlyExitModel(nn.Module):
     def layer_flops(self, n_tokens, linear_only: bool = False):
         """FLOPs of one transformer layer on ``n_tokens`` tokens (int or integer tensor/array, elementwise).
 
-        Linear layers: ``2 n (4 h^2 + 2 h f)`` (Q, K, V, output projection, the two feedforward matrices); attention
+        Linear layers: ``2 n (4 h^2 + 2 h f)`` (Q, K, V, output projection, the two feedforward matrices; a fast
+        feedforward layer counts the neurons a token visits, averaged over layers); attention
         matrix products: ``4 n^2 h`` (scores and weighted values). Softmax, GELU, LayerNorm and biases are not
         counted, as :class:`~torch.utils.flop_counter.FlopCounterMode` does not count them.
         """
-        h, f = self.hidden_size, self.intermediate_size
-        linear = 2 * n_tokens * (4 * h * h + 2 * h * f)
+        h = self.hidden_size
+        linear = 2 * n_tokens * 4 * h * h + n_tokens * self.feedforward_flops
         return linear if linear_only else linear + 4 * n_tokens * n_tokens * h
 
     def branch_flops(self, n_tokens, teacher: bool = False, linear_only: bool = False):

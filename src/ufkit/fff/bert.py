@@ -45,6 +45,10 @@ class NoFeedforward(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.bias.expand_as(hidden_states)
 
+    def flops_per_token(self) -> int:
+        """No multiply-adds: 0."""
+        return 0
+
 
 class BiasedFFF(FFF):
     """UltraFastBERT's FFF (H -> H) plus the dense block's output bias, ``out_bias`` `(H,)`."""

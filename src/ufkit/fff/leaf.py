@@ -293,8 +293,13 @@ class LeafFFF(nn.Module):
             return leaf_fff_soft(hidden_states, *self._params(), self.depth, self.activation)
         if self.training or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
             return leaf_fff_masked(hidden_states, *self._params(), self.depth, self.activation)
-        with torch.no_grad():
-            return leaf_fff_forward(hidden_states, *self._params(), self.depth, self.activation, backend=self.backend)
+        # the kernels compute in the weights' dtype: under autocast (bf16 evaluation) they run unautocast and the
+        # result takes the input's dtype back
+        with torch.no_grad(), torch.autocast(hidden_states.device.type, enabled=False):
+            w_dtype = self.w1.dtype
+            y = leaf_fff_forward(hidden_states.to(w_dtype), *self._params(), self.depth, self.activation,
+                                 backend=self.backend)
+        return y.to(hidden_states.dtype)
 
     def route(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Leaf of each token, `(...)` (:func:`leaf_route`)."""
