@@ -1,5 +1,6 @@
-"""The ``ufkit`` command line: ``finetune``, ``evaluate``, ``benchmark``, ``quantize``, ``bench-fff``, and the
-compression commands ``distill``, ``prune``, ``theseus`` and ``qat`` (chapter 3), whose outputs the others load.
+"""The ``ufkit`` command line: ``finetune``, ``evaluate``, ``benchmark``, ``quantize``, ``bench-fff``, the
+compression commands ``distill``, ``prune``, ``theseus`` and ``qat`` (chapter 3), and ``convert-fff`` (a dense
+feedforward converted into fast feedforward layers, chapter 6), whose outputs the others load.
 
 ``ufkit evaluate`` and ``ufkit benchmark`` given a folder written by ``ufkit quantize`` run every variant in it.
 
@@ -62,6 +63,13 @@ def _errors_as_one_line(fn):
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise UfkitError(f"{name} must be a positive integer, got {value}")
+
+
+def _register_model_classes() -> None:
+    """Register ufkit's own model classes with transformers' Auto classes before a model folder is read, so that
+    a folder written by ``ufkit convert-fff`` (``model_type`` ``"ufkit_fff_bert"``) loads in every command
+    (pruned models register themselves through :mod:`ufkit.models`)."""
+    from .fff import bert  # noqa: F401  (registers model_type "ufkit_fff_bert")
 
 
 class _DropMessages(logging.Filter):
@@ -134,6 +142,8 @@ def _model_label_names(model) -> list[str]:
 
     from .models import _quiet_transformers, resolve_model
     from .quantization import MARKER, ONNX_FILE, list_variants
+
+    _register_model_classes()
 
     def names(config) -> list[str]:
         return [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
@@ -238,6 +248,7 @@ def evaluate(
     from .models import load_model
     from .quantization import evaluate_variants, is_variant_folder
 
+    _register_model_classes()
     _positive("--batch-size", batch_size)
     _positive("--threads", threads)
     _positive("--max-samples", max_samples)
@@ -295,6 +306,7 @@ def benchmark(
     from .measure import ResultsStore, benchmark as run_benchmark
     from .models import load_model
 
+    _register_model_classes()
     for b in batch_size:
         _positive("--batch-size", b)
     _positive("--iters", iters)
@@ -360,6 +372,7 @@ def quantize(
     from .data import subset as sample
     from .quantization import VARIANTS, check_classifier, check_writable, quantize as run
 
+    _register_model_classes()
     _positive("--calibration-size", calibration_size)
     _positive("--validation-size", validation_size)
     _positive("--threads", threads)
@@ -447,6 +460,7 @@ def _compression_inputs(model, data, subset, text_column, label_column):
     from .models import load_model
     from .quantization import check_classifier
 
+    _register_model_classes()
     try:
         source = check_classifier(model)
     except UfkitError as e:
@@ -472,14 +486,17 @@ def _teacher_logits(teacher, tokenizer, train):
     return teacher_logits(teacher, tokenizer, list(train["text"]), cache=config.cache_dir() / "teacher-logits-cli")
 
 
-def _report(net, tokenizer, task, output: Path, info: dict) -> None:
+def _report(net, tokenizer, task, output: Path, info: dict) -> dict | None:
+    """Say where the model went; score it on the validation split (metrics.json) and return those metrics."""
     from .evaluate import evaluate as evaluate_model
 
     typer.echo(f"model saved in {output} ({info.get('steps', 0)} steps, {info.get('train_seconds', 0.0):.1f} s)")
-    if "validation" in task.splits:
-        row = evaluate_model(net, tokenizer, task["validation"], name=str(output))
-        (Path(output) / "metrics.json").write_text(json.dumps(row.to_dict(), indent=2))
-        typer.echo(_metrics_table(row))
+    if "validation" not in task.splits:
+        return None
+    row = evaluate_model(net, tokenizer, task["validation"], name=str(output))
+    (Path(output) / "metrics.json").write_text(json.dumps(row.to_dict(), indent=2))
+    typer.echo(_metrics_table(row))
+    return row.to_dict()
 
 
 EpochsOpt = typer.Option(1.0, help="Passes over the training sentences.")
@@ -744,6 +761,124 @@ def qat(
     _report(net, tokenizer, task, output, info)
     variant = "onnx_int8_dynamic_per_channel" if per_channel else "onnx_int8_dynamic"
     typer.echo(f"next: ufkit quantize --model {output} --variant {variant} --output {output}-int8")
+
+
+# ------------------------------------------------------------------------------------- fast feedforward
+
+
+@app.command("convert-fff")
+@_errors_as_one_line
+def convert_fff(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the converted model (safetensors), "
+                                "metrics.json and convert_fff.json."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The fine-tuned dense BERT classifier."),
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    method: str = typer.Option("leaf", help="leaf (the conversion into leaf FFFs), or a control: static (a dense "
+                               "feedforward of the --leaf-width most important neurons), removed (no "
+                               "feedforward), ultrafastbert (UltraFastBERT's FFF, randomly initialised)."),
+    depth: int = typer.Option(3, help="Levels of routers: 2**depth leaves per layer."),
+    leaf_width: int = typer.Option(192, "--leaf-width", help="Neurons per leaf, the neurons a token uses; "
+                                   "2**depth * leaf-width must fit the layer's intermediate size. The static "
+                                   "control's width."),
+    fff_depth: int = typer.Option(11, help="Depth of the tree of --method ultrafastbert (UltraFastBERT-1x11: 11)."),
+    n_stats: int = typer.Option(4_000, help="Training sentences whose activations split the neurons and fit the "
+                                "routers (the first ones of the --n-train subset)."),
+    temperature: float = typer.Option(2.0, help="Softmax temperature of the soft labels."),
+    alpha: float = typer.Option(0.8, help="Weight of the distillation term; 1 - alpha on the gold labels."),
+    hidden_weight: float = typer.Option(1.0, help="Weight of the hidden-state MSE, layer to layer; 0 = logits "
+                                        "only."),
+    epochs: float = typer.Option(1.0, help="Passes of distillation over the training sentences; 0 = none."),
+    batch_size: int = BatchOpt,
+    learning_rate: float = LrOpt,
+    n_train: Optional[int] = NTrainOpt,
+    seed: int = SeedOpt,
+    max_steps: Optional[int] = typer.Option(None, hidden=True, help="Stop the distillation after this many steps."),
+):
+    """Convert a fine-tuned BERT's dense feedforward layers into leaf fast feedforward layers (Belcak & Wattenhofer
+    2023) and distil the result from the dense model; or make a control (static, removed, ultrafastbert).
+
+    Writes the model and tokenizer, metrics.json (validation metrics) and convert_fff.json (method, sizes, each
+    layer's router agreement and relative errors, seconds). The folder loads in `ufkit evaluate`, `benchmark` and
+    `quantize`.
+    """
+    import time
+
+    from .compression.distillation import DistillConfig
+    from .data import subset as sample
+    from .models import save_model
+    from .ultrafastbert.convert import METHODS, ConversionError, check_conversion, convert_fff as run, dense_layers
+
+    if method not in METHODS:
+        raise UfkitError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if depth < 1:
+        raise UfkitError(f"--depth must be a positive integer, got {depth}")
+    _positive("--leaf-width", leaf_width)
+    _positive("--n-stats", n_stats)
+    _positive("--batch-size", batch_size)
+    _positive("--n-train", n_train)
+    _positive("--max-steps", max_steps)
+    if method == "ultrafastbert" and not 0 <= fff_depth <= 16:
+        raise UfkitError(f"--fff-depth must be in [0, 16], got {fff_depth}")
+    if not temperature > 0:
+        raise UfkitError(f"--temperature must be positive, got {temperature}")
+    if not 0 <= alpha <= 1:
+        raise UfkitError(f"--alpha must be in [0, 1], got {alpha}")
+    if not hidden_weight >= 0:
+        raise UfkitError(f"--hidden-weight must be non-negative, got {hidden_weight}")
+    if not epochs >= 0:
+        raise UfkitError(f"--epochs must be non-negative, got {epochs}")
+    if not learning_rate > 0:
+        raise UfkitError(f"--learning-rate must be positive, got {learning_rate}")
+    teacher, tokenizer, task = _compression_inputs(model, data, subset, text_column, label_column)
+    try:  # the library names the problem; the command line names the flags
+        layers = dense_layers(teacher)
+    except ConversionError as e:
+        raise UfkitError(f"--model: {e}") from None
+    if method == "leaf":
+        try:
+            check_conversion(teacher, depth, leaf_width)
+        except ConversionError as e:
+            raise UfkitError(f"--depth {depth} --leaf-width {leaf_width}: {e}") from None
+    elif method == "static":
+        smallest = min(layer.intermediate.dense.out_features for layer in layers)
+        if leaf_width > smallest:
+            raise UfkitError(f"--leaf-width {leaf_width}: the static control keeps at most the feedforward "
+                             f"layers' {smallest} neurons")
+    train = sample(task["train"], n_train, seed=seed)
+    cfg = DistillConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+                        seed=seed, warmup_ratio=0.1, temperature=temperature, alpha=alpha,
+                        hidden_weight=hidden_weight)
+    distilling = epochs > 0 or max_steps is not None
+    logits = _teacher_logits(teacher, tokenizer, train) if distilling and hidden_weight == 0 else None
+    start = time.perf_counter()
+    net, info = run(teacher, tokenizer, train, method=method, depth=depth, leaf_width=leaf_width,
+                    fff_depth=fff_depth, cfg=cfg, n_stats=n_stats, teacher_logits=logits)
+    save_model(net, tokenizer, output)
+    report = {
+        "method": method, "source": str(model) if model is not None else "default",
+        "depth": depth if method == "leaf" else None,
+        "leaf_width": leaf_width if method in ("leaf", "static") else None,
+        "fff_depth": fff_depth if method == "ultrafastbert" else None,
+        "n_stats": min(n_stats, len(train)), "n_train": len(train),
+        "layers": {str(i): facts for i, facts in info["layers"].items()},
+        "convert_seconds": info["convert_seconds"], "train_seconds": info.get("train_seconds", 0.0),
+        "steps": info.get("steps", 0),
+        "distillation": {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
+                         "learning_rate": learning_rate, "temperature": temperature, "alpha": alpha,
+                         "hidden_weight": hidden_weight, "seed": seed} if distilling else None,
+        "total_seconds": time.perf_counter() - start,
+    }
+    metrics = _report(net, tokenizer, task, output, info)
+    report["validation"] = metrics
+    (Path(output) / "convert_fff.json").write_text(json.dumps(report, indent=2, default=float))
+    for i, facts in info["layers"].items():
+        if "router_agreement" in facts:
+            typer.echo(f"layer {i}: router agreement {facts['router_agreement']:.2f}, relative error "
+                       f"{facts['routed_rel_error']:.3f} routed, {facts['oracle_rel_error']:.3f} oracle")
+    typer.echo(f"conversion report in {Path(output) / 'convert_fff.json'}; next: ufkit evaluate --model {output}")
 
 
 def main(argv: list[str] | None = None) -> None:

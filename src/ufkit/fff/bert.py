@@ -25,6 +25,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassificat
 from ..structure import swap_classes
 from .layer import FFF
 from .leaf import ACTIVATIONS, LeafFFF
+from .reference import fff_training_form
 
 __all__ = ["FFF_KEY", "KINDS", "FffBertConfig", "FffBertModel", "FffBertForSequenceClassification",
            "NoFeedforward", "BiasedFFF", "fff_spec", "make_feedforward", "apply_fff", "feedforward_modules"]
@@ -36,7 +37,9 @@ KINDS = ("leaf", "fff", "none")
 
 
 class NoFeedforward(nn.Module):
-    """The feedforward removed: `(..., H)` -> a learned bias `(H,)` broadcast to `(..., H)`."""
+    """The feedforward removed: `(..., H)` -> a learned bias `(H,)` broadcast to `(..., H)`.
+
+    Plain tensor ops: it exports to ONNX and traces as it is."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -51,14 +54,25 @@ class NoFeedforward(nn.Module):
 
 
 class BiasedFFF(FFF):
-    """UltraFastBERT's FFF (H -> H) plus the dense block's output bias, ``out_bias`` `(H,)`."""
+    """UltraFastBERT's FFF (H -> H) plus the dense block's output bias, ``out_bias`` `(H,)`.
+
+    In ``eval()`` mode under an ONNX export or a TorchScript trace it runs the training form
+    (:func:`ufkit.fff.reference.fff_training_form`: plain tensor ops, the same values), since the kernels do not
+    trace; so it does when its weights are tensor subclasses the kernels cannot read (torchao's int8 weights, which
+    ``ufkit quantize``'s ``torchao_int8`` variant gives every ``nn.Linear``)."""
 
     def __init__(self, hidden_size: int, depth: int, n_trees: int = 1):
         super().__init__(hidden_size, hidden_size, depth=depth, n_trees=n_trees)
         self.out_bias = nn.Parameter(torch.zeros(hidden_size))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return super().forward(hidden_states) + self.out_bias
+        w_in, b_in, w_out = self._weights()
+        plain = all(type(w) in (torch.Tensor, nn.Parameter) for w in (w_in, b_in, w_out))
+        if not self.training and (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or not plain):
+            y = fff_training_form(hidden_states, w_in, b_in, w_out, self.depth, self.n_trees)
+        else:
+            y = super().forward(hidden_states)
+        return y + self.out_bias
 
 
 def fff_spec(kind: str, layers, *, depth: int | None = None, leaf_width: int | None = None,

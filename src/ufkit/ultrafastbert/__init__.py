@@ -21,7 +21,10 @@ recipe works with ``import ufkit.ultrafastbert`` in place of ``import cramming``
   kernel and autograd formula), which ``eval()`` runs, so ``torch.compile(model, fullgraph=True)`` works;
 * :mod:`ufkit.ultrafastbert.bench`: end-to-end latency of a 1x11-long-sized model in the masked form (the
   released code's), the kernel form and its dense twin (:func:`bench_end_to_end`, :func:`speedups`), and the FLOP
-  bound (:func:`amdahl_bound`).
+  bound (:func:`amdahl_bound`);
+* :mod:`ufkit.ultrafastbert.convert`: a fine-tuned dense BERT classifier's feedforward layers converted into leaf
+  FFFs (:func:`convert_to_leaf_fff`), or replaced by a control (:func:`make_control`), then distilled from the
+  dense model (:func:`convert_fff`; ``ufkit convert-fff`` on the command line).
 """
 
 from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining,
@@ -31,6 +34,9 @@ from .bench import (DENSE_WIDTH, ULTRAFASTBERT_1X11_LONG, amdahl_bound, bench_en
                     end_to_end_config, speedups)
 from .configuration import (DEFAULT_ARCH, DENSE_INTERMED_TYPES, INTERMED_TYPES, CrammedBertConfig,
                             UltraFastBertConfigError, check_supported)
+from .convert import (CONTROLS, METHODS, ConversionError, check_conversion, collect_feedforward, convert_fff,
+                      convert_layer, convert_to_leaf_fff, dense_layers, fit_routers, make_control, neuron_importance,
+                      oracle_leaves, split_neurons)
 from .modeling import (FFF_BACKENDS, CrammedBertForMaskedLM, CrammedBertForSequenceClassification,
                        CrammedBertMaskedLMOutput, CrammedBertModel, CrammedBertModelOutput, CrammedBertPreTrainedModel,
                        CrammedBertSequenceClassifierOutput, CrammedFFF, CrammedFFN, UltraFastBertCheckpointError,
@@ -72,4 +78,18 @@ __all__ = [
     "bench_end_to_end",
     "speedups",
     "amdahl_bound",
+    "CONTROLS",
+    "METHODS",
+    "ConversionError",
+    "check_conversion",
+    "dense_layers",
+    "collect_feedforward",
+    "split_neurons",
+    "oracle_leaves",
+    "fit_routers",
+    "convert_layer",
+    "convert_to_leaf_fff",
+    "neuron_importance",
+    "make_control",
+    "convert_fff",
 ]

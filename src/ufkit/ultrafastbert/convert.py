@@ -39,7 +39,7 @@ from ..structure import prune_neurons, record_structure
 
 __all__ = ["ConversionError", "CONTROLS", "dense_layers", "collect_feedforward", "split_neurons", "oracle_leaves",
            "fit_routers", "convert_layer", "convert_to_leaf_fff", "neuron_importance", "make_control",
-           "check_conversion"]
+           "check_conversion", "METHODS", "convert_fff"]
 
 #: The controls of :func:`make_control`.
 CONTROLS = ("static", "removed", "ultrafastbert")
@@ -50,21 +50,43 @@ class ConversionError(UfkitError, ValueError):
     feedforward layers."""
 
 
+def _has_dense_feedforward(layer) -> bool:
+    return (isinstance(getattr(getattr(layer, "intermediate", None), "dense", None), nn.Linear)
+            and isinstance(getattr(getattr(layer, "output", None), "dense", None), nn.Linear))
+
+
 def dense_layers(model) -> list:
-    """The model's ``BertLayer`` modules that still have a dense feedforward (``intermediate.dense``).
+    """The model's encoder layers (``BertLayer`` modules) in order, each with its dense feedforward
+    (``intermediate.dense`` and ``output.dense``, ``nn.Linear``): what conversion reads and replaces.
 
     Raises:
-        ConversionError: a model that is not BERT-layout or has no dense feedforward layer.
+        ConversionError: a model that is not a BERT model (no ``bert`` encoder layers, or a config other than a
+            ``BertConfig``), a pruned model (``config.ufkit_structure``), a model with no dense feedforward layer
+            left (one already converted), or one whose feedforward layers are partly replaced (converting the
+            rest would lose the record of the others: convert the dense model it came from).
     """
-    base = getattr(model, "bert", None) or getattr(model, "base_model", model)
+    from transformers import BertConfig
+
+    base = getattr(model, "bert", None)
+    if base is None and hasattr(model, "encoder") and hasattr(model, "embeddings"):
+        base = model  # a BertModel itself
     layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None:
-        raise ConversionError(f"model has no BERT encoder layers (got a {type(model).__name__}): convert-fff needs a "
+    config = getattr(model, "config", None)
+    if layers is None or len(layers) == 0 or not isinstance(config, BertConfig):
+        kind = getattr(config, "model_type", None) or type(model).__name__
+        raise ConversionError(f"model has no BERT encoder layers (got a {kind} model): the conversion needs a "
                               f"BERT-layout model with feedforward layers")
-    dense = [layer for layer in layers if isinstance(getattr(getattr(layer, "intermediate", None), "dense", None),
-                                                     nn.Linear)]
+    if getattr(config, "ufkit_structure", None):
+        raise ConversionError("model is pruned (config.ufkit_structure): convert the unpruned fine-tuned model")
+    dense = [i for i, layer in enumerate(layers) if _has_dense_feedforward(layer)]
+    spec = getattr(config, "ufkit_fff", None)
+    where = f" (its config.ufkit_fff: kind {spec['kind']!r} in layers {spec['layers']})" if spec else ""
     if not dense:
-        raise ConversionError("model has no dense feedforward layers left to convert")
+        raise ConversionError(f"model has no dense feedforward layers left to convert{where}")
+    if len(dense) < len(layers):
+        other = [i for i in range(len(layers)) if i not in dense]
+        raise ConversionError(f"model's layers {other} have no dense feedforward{where}: convert the dense model "
+                              f"it came from")
     return list(layers)
 
 
@@ -79,8 +101,7 @@ def check_conversion(model, depth: int, leaf_width: int) -> int:
         raise ConversionError(f"depth must be an integer in [1, 10], got {depth!r}")
     if isinstance(leaf_width, bool) or not isinstance(leaf_width, int) or leaf_width < 1:
         raise ConversionError(f"leaf_width must be a positive integer, got {leaf_width!r}")
-    widths = [layer.intermediate.dense.out_features for layer in dense_layers(model)
-              if isinstance(getattr(layer.intermediate, "dense", None), nn.Linear)]
+    widths = [layer.intermediate.dense.out_features for layer in dense_layers(model)]
     if n_leaves(depth) * leaf_width > min(widths):
         raise ConversionError(f"2**depth * leaf_width = {n_leaves(depth)} * {leaf_width} = "
                               f"{n_leaves(depth) * leaf_width} neurons do not fit a feedforward layer of "
@@ -398,7 +419,6 @@ def make_control(model, tokenizer, texts: Sequence[str], control: str, *, width:
     return new.eval()
 
 
-
 #: What :func:`convert_fff` can make: the leaf FFF conversion and the controls.
 METHODS = ("leaf",) + CONTROLS
 
@@ -419,35 +439,59 @@ def convert_fff(teacher, tokenizer, train_ds, *, method: str = "leaf", depth: in
             alpha 0.8, hidden-state MSE (weight 1) layer to layer, learning rate 1e-4, one epoch. ``epochs = 0``
             skips it.
         teacher_logits: precomputed teacher logits on ``train_ds`` (used when ``cfg.hidden_weight`` is 0).
+        progress: progress bars for the conversion (one step per layer) and the distillation.
 
     Returns:
         ``(model, info)``: the distilled model in eval mode and facts: ``method``, per-layer ``layers`` facts
         (leaf conversions), ``convert_seconds``, ``train_seconds`` and the distillation history.
 
     Raises:
-        ConversionError: an unknown method or a size that does not fit; CompressionError: a bad ``cfg``.
+        ConversionError: an unknown method, a size that does not fit, a model without dense feedforward layers
+            (:func:`dense_layers`), an empty ``train_ds``; CompressionError: a bad ``cfg``.
     """
     import time
 
     from ..compression.distillation import DistillConfig, distill
+    from ..progress import progress_bar
 
     if method not in METHODS:
         raise ConversionError(f"method must be one of {METHODS}, got {method!r}")
     if method == "leaf":
         check_conversion(teacher, depth, leaf_width)
     else:
-        dense_layers(teacher)
+        layers = dense_layers(teacher)
+        if method == "static":  # before the statistics are collected
+            width = width or leaf_width
+            smallest = min(layer.intermediate.dense.out_features for layer in layers)
+            if not (isinstance(width, int) and not isinstance(width, bool) and 1 <= width <= smallest):
+                raise ConversionError(f"the static control's width must be a positive integer no larger than the "
+                                      f"feedforward layers' {smallest} neurons, got {width!r}")
+        if method == "ultrafastbert" and not (isinstance(fff_depth, int) and not isinstance(fff_depth, bool)
+                                              and 0 <= fff_depth <= 16):
+            raise ConversionError(f"fff_depth (the UltraFastBERT control's tree depth) must be an integer in "
+                                  f"[0, 16], got {fff_depth!r}")
     cfg = cfg if cfg is not None else DistillConfig(learning_rate=1e-4, epochs=1.0, batch_size=32, warmup_ratio=0.1,
                                                     temperature=2.0, alpha=0.8, hidden_weight=1.0)
-    texts = train_ds["text"][:n_stats]
+    train = cfg.epochs > 0 or bool(cfg.max_steps)
+    if train:
+        cfg.validate()  # before the conversion's work, not after it
+    if len(train_ds) == 0:
+        raise ConversionError("train_ds is empty: the statistics and the distillation need training sentences")
+    texts = list(train_ds.select(range(min(n_stats, len(train_ds))))["text"])
     start = time.perf_counter()
     if method == "leaf":
-        model, facts = convert_to_leaf_fff(teacher, tokenizer, texts, depth, leaf_width, max_tokens=max_tokens)
+        bar = progress_bar(total=teacher.config.num_hidden_layers, desc="converting", disable=not progress,
+                           unit="layer")
+        try:
+            model, facts = convert_to_leaf_fff(teacher, tokenizer, texts, depth, leaf_width, max_tokens=max_tokens,
+                                               progress=lambda i, n: bar.update(1))
+        finally:
+            bar.close()
     else:
         model, facts = make_control(teacher, tokenizer, texts, method, width=width or leaf_width, depth=fff_depth,
                                     max_tokens=max_tokens), {}
     info = {"method": method, "layers": facts, "convert_seconds": time.perf_counter() - start, "train_seconds": 0.0}
-    if cfg.epochs > 0 or cfg.max_steps:
+    if train:
         layer_map = tuple(range(teacher.config.num_hidden_layers)) if cfg.hidden_weight > 0 else None
         if layer_map is not None and cfg.layer_map is None:
             cfg = dataclasses.replace(cfg, layer_map=layer_map)
