@@ -96,12 +96,15 @@ def select_variant(folder: str | os.PathLike, dataset, texts: Sequence[str] | No
     bench = benchmark_variants(folder, texts, batch_sizes=[batch_size], variants=variants, threads=threads,
                                n_warmup=n_warmup, n_iters=n_iters, max_seconds=max_seconds, force=force,
                                progress=progress).set_index("variant")
-    ran = [n for n in acc.index if acc.loc[n, "skipped"] is None]
+    def reason_of(value):
+        return value if isinstance(value, str) else None
+
+    ran = [n for n in acc.index if reason_of(acc.loc[n, "skipped"]) is None]
     reference = "pytorch_fp32" if "pytorch_fp32" in ran else ran[0]  # evaluate_variants's reference
     rows = []
     for name in acc.index:
         b = bench.loc[name] if name in bench.index else pd.Series(dtype=object)
-        reason = acc.loc[name, "skipped"] or (b.get("skipped") if isinstance(b.get("skipped"), str) else None)
+        reason = reason_of(acc.loc[name, "skipped"]) or reason_of(b.get("skipped"))
         drop = acc.loc[name, "accuracy_drop"]
         rows.append({"variant": name, "description": VARIANTS.get(name, name),
                      "latency_ms_mean": b.get("latency_ms_mean"), "latency_ms_p50": b.get("latency_ms_p50"),
