@@ -158,6 +158,8 @@ def test_unsupported_cpu_is_skipped_with_reason(avx2_only, tiny_model_dir, tmp_p
     assert "native bf16" in Q.skip_reason("pytorch_bf16") and "force" in Q.skip_reason("pytorch_bf16")
     assert "AVX512-VNNI" in Q.skip_reason("torchao_int8") and "AVX512-VNNI" in Q.skip_reason(Q.COMPILED)
     assert Q.skip_reason("pytorch_bf16", force=["pytorch_bf16"]) is None and Q.skip_reason("onnx_fp32") is None
+    assert Q.skip_reason(Q.COMPILED, force=["torchao_int8"]) is None
+    assert Q.skip_reason("torchao_int8", force=True) is None
     out = tmp_path / "q"
     df = Q.quantize(tiny_model_dir, out, variants=["pytorch_fp32", "pytorch_bf16", "torchao_int8"], threads=1,
                     progress=False).set_index("variant")

@@ -6,23 +6,24 @@
 :func:`~ufkit.quantization.variants.benchmark_variants` ask it before they make or run a variant, and record the
 reason in their ``skipped`` column (and ``report.json``) rather than skip silently.
 
-=====================================  ===========================================================================
-``pytorch_bf16``, ``torch_compile_bf16``  native bf16 arithmetic, ``avx512_bf16`` or ``amx_bf16``
-                                       (:func:`ufkit.measure.machine.native_bf16`). Without it PyTorch emulates
-                                       bf16 by converting to fp32 around every op, which is slower than fp32.
-``torch_compile_fp32``,                a C++ compiler: inductor's CPU backend writes and compiles C++ (``$CXX``,
-``torch_compile_bf16``                 ``g++``, ``c++`` or ``clang++`` on ``PATH``).
-``torchao_int8``,                      ``avx512_vnni``. torchao's int8 linear calls ``torch._int_mm``, whose CPU
-``torchao_int8_compiled``              kernel (ATen ``_int_mm_out_cpu``, aten/src/ATen/native/LinearAlgebra.cpp)
-                                       calls oneDNN only when ``at::cpu::is_avx512_vnni_supported()``; otherwise it
-                                       runs a scalar reference triple loop. AVX-VNNI (256-bit) does not count.
-                                       ``torch.compile`` does not help by itself: inductor lowers ``_int_mm`` on CPU
-                                       to the same ATen kernel (torch/_inductor/kernel/mm.py, ``tuned_int_mm``).
-``openvino_fp32``, ``openvino_int8``   the ``openvino`` package (``pip install 'ufkit[openvino]'``); making
-                                       ``openvino_int8`` needs ``nncf`` as well.
-``ctranslate2_int8``                   the ``ctranslate2`` package (``pip install 'ufkit[ctranslate2]'``) with int8
-                                       CPU kernels (``ctranslate2.get_supported_compute_types("cpu")``).
-=====================================  ===========================================================================
+======================================  ==========================================================================
+``pytorch_bf16``,                       native bf16 arithmetic, ``avx512_bf16`` or ``amx_bf16``
+``torch_compile_bf16``                  (:func:`ufkit.measure.machine.native_bf16`). Without it PyTorch emulates
+                                        bf16 by converting to fp32 around every op, which is slower than fp32.
+``torch_compile_fp32``,                 a C++ compiler: inductor's CPU backend writes and compiles C++ (``$CXX``,
+``torch_compile_bf16``                  ``g++``, ``c++`` or ``clang++`` on ``PATH``).
+``torchao_int8``,                       ``avx512_vnni``. torchao's int8 linear calls ``torch._int_mm``, whose CPU
+``torchao_int8_compiled``               kernel (ATen ``_int_mm_out_cpu``, aten/src/ATen/native/LinearAlgebra.cpp)
+                                        calls oneDNN only when ``at::cpu::is_avx512_vnni_supported()``; otherwise
+                                        it runs a scalar reference triple loop. AVX-VNNI (256-bit) does not count.
+                                        ``torch.compile`` does not help by itself: inductor lowers ``_int_mm`` on
+                                        CPU to the same ATen kernel (torch/_inductor/kernel/mm.py,
+                                        ``tuned_int_mm``).
+``openvino_fp32``, ``openvino_int8``    the ``openvino`` package (``pip install 'ufkit[openvino]'``); making
+                                        ``openvino_int8`` needs ``nncf`` as well.
+``ctranslate2_int8``                    the ``ctranslate2`` package (``pip install 'ufkit[ctranslate2]'``) with
+                                        int8 CPU kernels (``ctranslate2.get_supported_compute_types("cpu")``).
+======================================  ==========================================================================
 
 The CPU rules are about speed, not correctness: a user may *force* a variant past them (``force=``, or
 ``--force NAME`` on the command line) to measure it anyway. A missing package cannot be forced.
@@ -65,7 +66,7 @@ def _has_module(name: str) -> bool:
 
 
 def cxx_compiler() -> str | None:
-    """The C++ compiler inductor would find: ``$CXX``, else ``g++``, ``c++`` or ``clang++`` on ``PATH``; None if none."""
+    """The C++ compiler inductor would use: ``$CXX``, else ``g++``, ``c++`` or ``clang++`` on ``PATH``; else None."""
     for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
         if name and shutil.which(name):
             return shutil.which(name)
@@ -94,7 +95,7 @@ def skip_reason(variant: str, *, force: bool | Iterable[str] | None = None, writ
     Args:
         variant: a name from :data:`~ufkit.quantization.common.VARIANTS` (or ``torchao_int8_compiled``).
         force: True, or names of variants to run even where the CPU lacks what makes them fast (a missing
-            package or compiler is never forced).
+            package or compiler is never forced; forcing ``torchao_int8`` forces its compiled row too).
         writing: also check what making the variant needs (``nncf`` for ``openvino_int8``).
 
     Returns:
@@ -114,7 +115,8 @@ def skip_reason(variant: str, *, force: bool | Iterable[str] | None = None, writ
         if "int8" not in ctranslate2.get_supported_compute_types("cpu"):
             return "this CTranslate2 build has no int8 kernels for this CPU"
     reason = _cpu_reason(variant)
-    if reason is not None and not is_forced(variant, force):
+    forced = is_forced(variant, force) or (variant == COMPILED and is_forced("torchao_int8", force))
+    if reason is not None and not forced:
         return f"{reason}; force it to measure anyway"
     return None
 

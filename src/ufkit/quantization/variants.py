@@ -236,8 +236,8 @@ def quantize(model: str | os.PathLike | None, output: str | os.PathLike, *, vari
     Returns:
         DataFrame, one row per variant written or skipped: ``variant``, ``description``, ``size_mb``, ``seconds``
         (time to make it), ``path``, ``skipped`` (empty, None or NaN, when the variant was made; else why not:
-        this CPU, a missing package, a model its backend cannot convert). The same, with the variants kept by ``skip_existing``, is written to
-        ``output/report.json`` (:func:`read_report`).
+        this CPU, a missing package, a model its backend cannot convert). The same, with the variants kept by
+        ``skip_existing``, is written to ``output/report.json`` (:func:`read_report`).
 
     Raises:
         QuantizeError: missing model, a model without a classification head, an unwritable ``output``, an unknown
@@ -553,11 +553,11 @@ def evaluate_variants(folder: str | os.PathLike, dataset, *, variants: Sequence[
         DataFrame indexed by ``variant`` with the columns of :func:`ufkit.evaluate.evaluate` plus
         ``accuracy_drop`` (points below ``pytorch_fp32``), ``f1_drop``, ``agreement`` (percent of predictions equal
         to ``pytorch_fp32``'s), ``degraded`` (accuracy drop above 1 point) and ``skipped`` (empty where the
-        variant ran, else why this machine does not run it; its metrics are then NaN). Without a ``pytorch_fp32`` variant the
-        reference is the first variant evaluated.
+        variant ran, else why this machine does not run it; its metrics are then NaN). Without a
+        ``pytorch_fp32`` variant the reference is the first variant evaluated.
 
     Raises:
-        QuantizeError: the folder holds no variants, or the split has unlabeled rows.
+        QuantizeError: the folder holds no variants, none of them can run here, or the split has unlabeled rows.
     """
     from ..progress import progress_bar
 
