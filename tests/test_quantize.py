@@ -10,6 +10,12 @@ import torch
 from ufkit import quantization as Q
 
 TEXTS = ["a good movie", "a very bad , long and dull film that never ends", "fine", "it 's \" great \" fun"]
+# torchao and ONNX Runtime here; the variants for modern CPUs (bf16, compile, OpenVINO, CTranslate2) are tested in
+# test_quantize_variants.py
+CORE = ["pytorch_fp32", "torchao_int8", "onnx_fp32", "onnx_optimized", "onnx_int8_dynamic",
+        "onnx_int8_dynamic_per_channel", "onnx_int8_static", "onnx_int8_auto"]
+# torchao int8 is skipped on CPUs without AVX512-VNNI (slow there, not wrong): run it anyway on the tiny model
+FORCE = ["torchao_int8"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +37,8 @@ def labeled():
 @pytest.fixture(scope="module")
 def variants_dir(tiny_model_dir, labeled, tmp_path_factory):
     out = tmp_path_factory.mktemp("variants")
-    df = Q.quantize(tiny_model_dir, out, calibration_texts=TEXTS * 4, validation=labeled, threads=1, progress=False)
+    df = Q.quantize(tiny_model_dir, out, variants=CORE, calibration_texts=TEXTS * 4, validation=labeled, threads=1,
+                    force=FORCE, progress=False)
     return out, df
 
 
@@ -55,15 +62,15 @@ def test_onnx_export_matches_pytorch(tiny, tmp_path):
 
 def test_every_variant_written_and_loadable(variants_dir, tiny):
     out, df = variants_dir
-    assert list(df["variant"]) == list(Q.VARIANTS)
-    assert Q.list_variants(out) == list(Q.VARIANTS)
+    assert list(df["variant"]) == CORE and df["skipped"].isna().all()
+    assert Q.list_variants(out) == CORE
     assert not list(out.glob(".*"))  # no temporary folders left
     model, tok = tiny
     batch = dict(tok(TEXTS, padding=True, return_tensors="pt"))
     with torch.no_grad():
         ref = model(**batch).logits
-    for name in Q.VARIANTS:
-        net, _, info = Q.load_variant(out / name, threads=1)
+    for name in CORE:
+        net, _, info = Q.load_variant(out / name, threads=1, force=FORCE)
         assert info["variant"] == name and info["size_mb"] > 0
         with torch.inference_mode():
             got = net(**batch).logits.float()
@@ -79,8 +86,8 @@ def test_every_variant_written_and_loadable(variants_dir, tiny):
 
 def test_evaluate_and_benchmark_variants(variants_dir, labeled, tmp_path):
     out, _ = variants_dir
-    ev = Q.evaluate_variants(out, labeled, threads=1, progress=False)
-    assert list(ev.index) == list(Q.VARIANTS)
+    ev = Q.evaluate_variants(out, labeled, threads=1, force=FORCE, progress=False)
+    assert list(ev.index) == CORE
     assert ev.loc["pytorch_fp32", "accuracy_drop"] == 0 and ev.loc["onnx_fp32", "agreement"] == 100
     assert {"accuracy", "f1_macro", "accuracy_drop", "f1_drop", "agreement", "degraded"} <= set(ev.columns)
     auto = Q.variant_info(out / "onnx_int8_auto")

@@ -2,7 +2,10 @@
 compression commands ``distill``, ``prune``, ``theseus`` and ``qat`` (chapter 3), and ``convert-fff`` (a dense
 feedforward converted into fast feedforward layers, chapter 6), whose outputs the others load.
 
-``ufkit evaluate`` and ``ufkit benchmark`` given a folder written by ``ufkit quantize`` run every variant in it.
+``ufkit evaluate`` and ``ufkit benchmark`` given a folder written by ``ufkit quantize`` run every variant in it;
+a variant this CPU cannot run well, or whose optional package is missing, is reported as skipped with its reason
+(``--force NAME`` runs it past a CPU rule). ``ufkit quantize --select fastest`` then picks the fastest variant on
+this machine within the accuracy ``--budget`` and writes ``selection.json``.
 
 Where a model meets labeled data (``evaluate``, ``quantize``), the data's labels are numbered as the model
 numbers them (its ``config.id2label``): a file may hold a subset of the model's classes, and a label the model
@@ -236,6 +239,8 @@ def evaluate(
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Sequences per forward pass."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads for ONNX variants (default: UFKIT_THREADS, else torch's intra-op thread count)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write metrics.csv into."),
+    force: Optional[List[str]] = typer.Option(None, "--force", help="For a `ufkit quantize` folder: run this "
+                                              "variant even where the CPU lacks what makes it fast (repeat)."),
 ):
     """Accuracy, precision, recall and F1 of a classifier on a split, or on every row of a single file.
 
@@ -262,13 +267,16 @@ def evaluate(
     scored = sample(ds, max_samples, seed=0)
     where = str(data) if single_file else f"the {split or 'validation'} split of {task.source}"
     if model is not None and is_variant_folder(model):
-        df = evaluate_variants(model, scored, threads=threads, batch_size=batch_size)
+        df = evaluate_variants(model, scored, threads=threads, batch_size=batch_size, force=force or None)
         if output is not None:
             output.mkdir(parents=True, exist_ok=True)
             df.to_csv(output / "metrics.csv")
         cols = ["n", "accuracy", "precision_macro", "recall_macro", "f1_macro", "accuracy_drop", "agreement",
                 "degraded"]
-        typer.echo(df[cols].astype({"n": int}).to_string(float_format=lambda v: f"{v:.2f}"))
+        ran = df[df["skipped"].isna()]
+        typer.echo(ran[cols].astype({"n": int}).to_string(float_format=lambda v: f"{v:.2f}"))
+        for name, reason in df["skipped"].dropna().items():
+            typer.echo(f"skipped {name}: {reason}")
         typer.echo(_scored(len(scored), len(ds), where))
         return
     net, tokenizer = load_model(model)
@@ -296,6 +304,8 @@ def benchmark(
     iters: int = typer.Option(50, help="Timed runs."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", help="For a `ufkit quantize` folder: variants to time (repeat; default all)."),
     compile_: bool = typer.Option(False, "--compile", help="For a `ufkit quantize` folder: also time torchao int8 under torch.compile."),
+    force: Optional[List[str]] = typer.Option(None, "--force", help="For a `ufkit quantize` folder: time this "
+                                              "variant even where the CPU lacks what makes it fast (repeat)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the result tables (CSV; default: ufkit's results folder)."),
 ):
     """Latency (ms), throughput (sequences/s), size (MB) and peak memory of a model on real sentences.
@@ -326,15 +336,19 @@ def benchmark(
             raise UfkitError("--seq-len is not supported for a `ufkit quantize` folder; it times natural lengths")
         df = benchmark_variants(model, texts, batch_sizes=batch_size, variants=variant or None,
                                 include_compiled=compile_, threads=threads, n_warmup=warmup, n_iters=iters,
-                                table=None)
+                                table=None, force=force or None)
         store.append("quantize_bench", df)
         cols = ["variant", "batch_size", "latency_ms_mean", "latency_ms_std", "latency_ms_p50", "latency_ms_p95",
                 "throughput_seq_per_s", "size_mb", "peak_mem_mb", "threads"]
-        typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        ran = df[df["skipped"].isna()]
+        if len(ran):
+            typer.echo(ran[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        for name, reason in df[df["skipped"].notna()].drop_duplicates("variant")[["variant", "skipped"]].values:
+            typer.echo(f"skipped {name}: {reason}")
         typer.echo(f"results appended to {store.path('quantize_bench')}")
         return
-    if variant or compile_:
-        raise UfkitError("--variant and --compile need a folder written by `ufkit quantize` as --model")
+    if variant or compile_ or force:
+        raise UfkitError("--variant, --compile and --force need a folder written by `ufkit quantize` as --model")
     net, tokenizer = load_model(model)
 
     rows = [run_benchmark(net, tokenizer, texts, name=model or "default", batch_size=b, seq_len=seq_len,
@@ -347,41 +361,69 @@ def benchmark(
     typer.echo(f"results appended to {store.path('benchmark')}")
 
 
+ForceOpt = typer.Option(None, "--force", help="Run this variant even where the CPU lacks what makes it fast "
+                        "(repeat; e.g. pytorch_bf16 without native bf16, torchao_int8 without AVX512-VNNI).")
+
+
 @app.command()
 @_errors_as_one_line
 def quantize(
     model: str = typer.Option(..., "--model", "-m", help="Fine-tuned classifier: local folder or Hugging Face id."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder to write, one sub-folder per variant."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", help="Variant to make (repeat; default all): "
-                                                "pytorch_fp32, torchao_int8, onnx_fp32, onnx_optimized, "
+                                                "pytorch_fp32, pytorch_bf16, torch_compile_fp32, "
+                                                "torch_compile_bf16, torchao_int8, onnx_fp32, onnx_optimized, "
                                                 "onnx_int8_dynamic, onnx_int8_dynamic_per_channel, onnx_int8_static, "
-                                                "onnx_int8_auto."),
+                                                "onnx_int8_auto, openvino_fp32, openvino_int8, ctranslate2_int8."),
     data: Optional[str] = DataOpt,
     subset: Optional[str] = SubsetOpt,
     text_column: str = TextOpt,
     label_column: str = LabelOpt,
-    calibration_split: str = typer.Option("train", help="Split whose sentences calibrate onnx_int8_static."),
+    calibration_split: str = typer.Option("train", help="Split whose sentences calibrate onnx_int8_static and "
+                                          "openvino_int8."),
     calibration_size: int = typer.Option(512, help="Calibration sentences (seeded sample)."),
-    validation_split: str = typer.Option("validation", help="Labeled split on which onnx_int8_auto keeps its budget."),
+    validation_split: str = typer.Option("validation", help="Labeled split on which onnx_int8_auto keeps its "
+                                         "budget and --select measures accuracy drops (a held-out slice of "
+                                         "training data keeps dev for the report)."),
     validation_size: Optional[int] = typer.Option(None, help="Use a seeded sample of this many validation sentences."),
-    budget: float = typer.Option(1.0, help="Accuracy points onnx_int8_auto may lose against fp32."),
-    threads: Optional[int] = typer.Option(None, help="ONNX Runtime threads (default: UFKIT_THREADS, else torch's intra-op thread count)."),
+    budget: float = typer.Option(1.0, help="Accuracy points onnx_int8_auto, and the variant --select picks, may "
+                                 "lose against fp32."),
+    threads: Optional[int] = typer.Option(None, help="Threads for every backend (default: UFKIT_THREADS, else torch's intra-op thread count)."),
     resume: bool = typer.Option(False, help="Keep complete variants already in OUTPUT."),
+    force: Optional[List[str]] = ForceOpt,
+    select: Optional[str] = typer.Option(None, "--select", help="'fastest': after writing the variants, evaluate "
+                                         "and time them here and pick the fastest within --budget; writes "
+                                         "OUTPUT/selection.json."),
+    objective: str = typer.Option("latency", "--objective", help="For --select: 'latency' (median at batch 1) or "
+                                  "'throughput' (sequences/s at batch 32)."),
 ):
-    """Write fp32, torchao int8, ONNX, ORT-optimized and ORT int8 variants of a classifier into OUTPUT."""
+    """Write PyTorch (fp32, bf16, compiled), torchao, ONNX Runtime, OpenVINO and CTranslate2 variants into OUTPUT.
+
+    Variants this CPU cannot run well, or whose optional package is missing, are skipped with the reason shown
+    and recorded in OUTPUT/report.json. With --select fastest, picks the fastest variant on this machine whose
+    accuracy drop on the validation sentences stays within --budget.
+    """
     from .data import subset as sample
-    from .quantization import VARIANTS, check_classifier, check_writable, quantize as run
+    from .quantization import VARIANTS, check_classifier, check_writable, quantize as run, read_report, select_variant
 
     _register_model_classes()
     _positive("--calibration-size", calibration_size)
     _positive("--validation-size", validation_size)
     _positive("--threads", threads)
+    if select is not None:
+        if select != "fastest":
+            raise UfkitError(f"--select must be 'fastest', got {select!r}")
+        if not budget > 0:
+            raise UfkitError(f"--budget must be a positive number of accuracy points with --select, got {budget}")
+    if objective not in ("latency", "throughput"):
+        raise UfkitError(f"--objective must be 'latency' or 'throughput', got {objective!r}")
     if budget < 0:
         raise UfkitError(f"--budget must be a non-negative number of accuracy points, got {budget}")
     wanted = variant or list(VARIANTS)
-    unknown = [v for v in wanted if v not in VARIANTS]
-    if unknown:
-        raise UfkitError(f"--variant {unknown[0]!r} is not one of {', '.join(VARIANTS)}")
+    for flag, names in (("--variant", wanted), ("--force", force or [])):
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown:
+            raise UfkitError(f"{flag} {unknown[0]!r} is not one of {', '.join(VARIANTS)}")
     # Fail on the model and the folder before loading any data.
     try:  # the library names what is wrong; the command line names the flag
         source = check_classifier(model)
@@ -392,17 +434,28 @@ def quantize(
     except UfkitError as e:
         raise UfkitError(f"--output: {e}") from None
     calibration = validation = None
-    if "onnx_int8_static" in wanted or "onnx_int8_auto" in wanted:
+    calibrated = {"onnx_int8_static", "openvino_int8"} & set(wanted)
+    if calibrated or "onnx_int8_auto" in wanted or select is not None:
         task = _load_task(data, subset, text_column, label_column, _model_label_names(source))
-        if "onnx_int8_static" in wanted:
+        if calibrated:
             calibration = list(sample(task[calibration_split], calibration_size, seed=0)["text"])
-        if "onnx_int8_auto" in wanted:
+        if "onnx_int8_auto" in wanted or select is not None:
             validation = sample(task[validation_split], validation_size, seed=0)
     df = run(model, output, variants=wanted, calibration_texts=calibration, validation=validation, budget=budget,
-             threads=threads, skip_existing=resume)
-    typer.echo(df[["variant", "size_mb", "seconds"]].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    typer.echo(f"variants written to {output}; next: ufkit benchmark --model {output}, "
-               f"ufkit evaluate --model {output}")
+             threads=threads, skip_existing=resume, force=force or None)
+    made = df[df["skipped"].isna()]
+    if len(made):
+        typer.echo(made[["variant", "size_mb", "seconds"]].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    for row in df[df["skipped"].notna()].itertuples():
+        typer.echo(f"skipped {row.variant}: {row.skipped}")
+    typer.echo(f"variants written to {output}; report in {Path(output) / 'report.json'}")
+    if select is None:
+        typer.echo(f"next: ufkit benchmark --model {output}, ufkit evaluate --model {output}")
+        return
+    present = [r["variant"] for r in read_report(output).get("variants", []) if r["status"] in ("written", "kept")]
+    choice = select_variant(output, validation, budget=budget, objective=objective, variants=present,
+                            threads=threads, force=force or None)
+    typer.echo(f"selected {choice['choice']}: {choice['why']} (table in {Path(output) / 'selection.json'})")
 
 
 def _parse_config(text: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""What the quantization modules share: the variant names, the marker file, the error type, a quiet ORT."""
+"""What the quantization modules share: the variant names, the marker file, the error types, a quiet ORT."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ MARKER = "ufkit_variant.json"
 #: The ONNX graph of an ONNX variant.
 ONNX_FILE = "model.onnx"
 
-#: The variants :func:`~ufkit.quantization.variants.quantize` can write: name -> description.
+#: The variants :func:`~ufkit.quantization.variants.quantize` can write: name -> description, in the order they
+#: are made (a variant comes after those it is built from).
 VARIANTS: dict[str, str] = {
     "pytorch_fp32": "PyTorch fp32 (eager)",
+    "pytorch_bf16": "PyTorch bf16 autocast (eager)",
+    "torch_compile_fp32": "PyTorch fp32, torch.compile (inductor)",
+    "torch_compile_bf16": "PyTorch bf16 autocast, torch.compile (inductor)",
     "torchao_int8": "torchao int8 dynamic (eager)",
     "onnx_fp32": "ONNX fp32 (ORT)",
     "onnx_optimized": "ONNX fp32, ORT-optimized",
@@ -23,6 +27,9 @@ VARIANTS: dict[str, str] = {
     "onnx_int8_dynamic_per_channel": "ORT int8 dynamic, per channel",
     "onnx_int8_static": "ORT int8 static (calibrated)",
     "onnx_int8_auto": "ORT int8 dynamic + fp32 fallback",
+    "openvino_fp32": "OpenVINO fp32",
+    "openvino_int8": "OpenVINO int8 (NNCF, calibrated)",
+    "ctranslate2_int8": "CTranslate2 int8 encoder + fp32 head",
 }
 #: a timing-only row: the ``torchao_int8`` folder loaded with ``torch.compile``.
 COMPILED = "torchao_int8_compiled"
@@ -30,6 +37,22 @@ COMPILED = "torchao_int8_compiled"
 
 class QuantizeError(UfkitError, ValueError):
     """A model that cannot be quantized, or an output folder that cannot be written."""
+
+
+class VariantSkipped(QuantizeError):
+    """A variant that cannot run here: this CPU lacks what makes it fast, its optional dependency is missing, or
+    its backend cannot convert this model. ``reason`` says which, in one sentence; :func:`~ufkit.quantization.
+    variants.quantize`, :func:`~ufkit.quantization.variants.evaluate_variants` and
+    :func:`~ufkit.quantization.variants.benchmark_variants` record it in a ``skipped`` column instead of failing.
+
+    Args:
+        variant: the variant's name.
+        reason: why it is skipped.
+    """
+
+    def __init__(self, variant: str, reason: str):
+        super().__init__(f"{variant} skipped: {reason}")
+        self.variant, self.reason = variant, reason
 
 
 @contextlib.contextmanager

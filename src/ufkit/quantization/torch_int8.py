@@ -14,8 +14,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     quantize_dynamic``). This is the deployment that Bigger&Faster searches for. On a 2-core AVX2 EPYC (chapter 4's
     first build) it ran MiniLM-L6 at batch 1 about 1.5x faster than float32, and the smallest sub-models no faster;
     torchao's eager int8 path (``Int8DynamicActivationInt8WeightConfig``) measured about 10x *slower* than float32
-    there, for want of fused int8 kernels on AVX2 without ``torch.compile``, so the deprecated but fast ``torch.ao``
-    path is used; its deprecation warnings are silenced. Chapters 4 and 5 measure both on the build's machine. Embeddings and LayerNorms stay float32.
+    there: its ``torch._int_mm`` calls oneDNN only on CPUs with AVX512-VNNI and otherwise runs ATen's scalar
+    reference loop (:mod:`ufkit.quantization.support`), so the deprecated but fast ``torch.ao`` path is used; its
+    deprecation warnings are silenced. Chapters 4 and 5 measure both on the build's machine. Embeddings and LayerNorms stay float32.
     """
     import torch
 
