@@ -244,6 +244,9 @@ for name, model in all_models.items():
     rows.append({"model": name, "dev accuracy (%)": acc, "feedforward MFLOPs/token": ff_flops(model) / 1e6,
                  "distillation (min)": infos.get(name, {}).get("train_seconds", 0) / 60})
 results = pd.DataFrame(rows).set_index("model")
+p_teacher = results["dev accuracy (%)"].iloc[0] / 100
+put("n_dev", len(dev))
+put("dev_se", 100 * np.sqrt(p_teacher * (1 - p_teacher) / len(dev)))  # binomial standard error, in points
 results["feedforward FLOPs ÷"] = results.loc["teacher (dense, 1,536 wide)", "feedforward MFLOPs/token"] / \
     results["feedforward MFLOPs/token"]
 labels = torch.tensor(dev["label"])

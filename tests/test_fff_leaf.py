@@ -396,3 +396,16 @@ def test_fff_runs_with_torchao_int8_weights(tokenizer):
     with torch.no_grad():
         got = model(**b).logits
     torch.testing.assert_close(got, expected, atol=0.05, rtol=0)
+
+
+def test_early_exit_flops_count_the_fast_feedforward(tokenizer):
+    """FastBERT's FLOPs (chapter 2's counting) use each layer's visited neurons once FFF layers replace the dense ones."""
+    from ufkit.early_exit import EarlyExitModel
+    from ufkit.fff.bert import feedforward_modules
+
+    model = tiny_fff_bert(tokenizer, "leaf")
+    ee = EarlyExitModel(model, tokenizer=tokenizer)
+    per_token = [m.flops_per_token() for m in feedforward_modules(model).values()]
+    assert ee.feedforward_flops == round(sum(per_token) / len(per_token))
+    h = model.config.hidden_size
+    assert ee.layer_flops(10, linear_only=True) == 10 * (8 * h * h + ee.feedforward_flops)
