@@ -419,3 +419,34 @@ def test_cli_optimize_refuses_data_without_labels(tiny_model_dir, tmp_path, cach
     (tmp_path / "o2" / "x").write_text("")
     r = cli("optimize", "--model", tiny_model_dir, "--output", tmp_path / "o2" / "x")
     assert_one_line_error(r, "is a file")
+
+
+def test_an_early_exit_folder_runs_its_exits_in_evaluate_and_benchmark(teacher, data, tiny_tsv_dir, tmp_path):
+    """A chosen ``exits`` model is written as an early-exit folder; ``ufkit evaluate`` and ``ufkit benchmark`` run it
+    at its calibrated speed (not its backbone alone)."""
+    from ufkit.compose.steps import as_artifact
+
+    model, tokenizer = teacher
+    train, heldout, _ = data
+    art = C.apply_step(C.exits(budget=100.0), as_artifact(model, tokenizer), train_ds=train, calibration_ds=heldout,
+                       settings=SETTINGS, progress=False)
+    assert art.state == "exits" and art.speed == 1.0  # a 100-point budget allows the fastest exits
+    C.save_artifact(art, tmp_path / "ee")
+    again = C.load_artifact(tmp_path / "ee")
+    assert again.state == "exits" and again.speed == 1.0
+    torch.testing.assert_close(logits(again, tokenizer), logits(art, tokenizer))
+    r = cli("evaluate", "--model", tmp_path / "ee", "--data", tiny_tsv_dir)
+    assert r.exit_code == 0, r.output
+    assert "exits at speed 1" in r.stderr and "accuracy" in r.stdout
+    r = cli("benchmark", "--model", tmp_path / "ee", "--data", tiny_tsv_dir, "--threads", "1", "-b", "1",
+            "--warmup", "0", "--iters", "2", "--output", tmp_path / "bench")
+    assert r.exit_code == 0, r.output
+
+
+def test_cli_optimize_help():
+    r = cli("optimize", "--help")
+    assert r.exit_code == 0
+    for option in ("--budget", "--objective", "--recipes", "--resume", "--n-train", "--n-heldout", "--output"):
+        assert option in r.output, option
+    text = " ".join(r.output.split())
+    assert all(f" {name}," in text or f" {name};" in text for name in C.DEFAULT_RECIPES)  # the list is current

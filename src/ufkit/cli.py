@@ -3,7 +3,8 @@ compression commands ``distill``, ``prune``, ``theseus`` and ``qat`` (chapter 3)
 feedforward converted into fast feedforward layers, chapter 6), whose outputs the others load, and ``optimize``
 (chapter 7: composed recipes searched under an accuracy budget, :mod:`ufkit.compose`).
 
-``ufkit evaluate`` and ``ufkit benchmark`` given a folder written by ``ufkit quantize`` run every variant in it.
+``ufkit evaluate`` and ``ufkit benchmark`` given a folder written by ``ufkit quantize`` run every variant in it;
+given an early-exit folder (``ufkit optimize``'s choice of an ``exits`` recipe) they run its exits at its speed.
 
 Where a model meets labeled data (``evaluate``, ``quantize``), the data's labels are numbered as the model
 numbers them (its ``config.id2label``): a file may hold a subset of the model's classes, and a label the model
@@ -176,6 +177,22 @@ def _model_label_names(model) -> list[str]:
     return [f"LABEL_{i}" for i in range(n)]
 
 
+def _early_exit_model(model):
+    """The early-exit model of a folder written by ``EarlyExitModel.save_pretrained`` with its backbone (as
+    ``ufkit optimize`` writes a chosen ``exits`` recipe), as a callable running its exits at the speed in its
+    ``exit_speed.json`` (0, the full model, without one); None for any other model."""
+    from .early_exit.model import CONFIG_FILE
+
+    if model is None or not (Path(model) / CONFIG_FILE).is_file() or not (Path(model) / "config.json").is_file():
+        return None
+    from .compose import load_artifact
+
+    _register_model_classes()
+    artifact = load_artifact(model)
+    typer.echo(f"early-exit model: {artifact.num_layers} layers, exits at speed {artifact.speed:g}", err=True)
+    return artifact
+
+
 def _scored(n: int, total: int, where: str) -> str:
     if n == total:
         return f"scored all {total} rows of {where}"
@@ -272,7 +289,11 @@ def evaluate(
         typer.echo(df[cols].astype({"n": int}).to_string(float_format=lambda v: f"{v:.2f}"))
         typer.echo(_scored(len(scored), len(ds), where))
         return
-    net, tokenizer = load_model(model)
+    exit_model = _early_exit_model(model)
+    if exit_model is not None:  # a folder with early exits runs them at its calibrated speed
+        net, tokenizer = exit_model, exit_model.tokenizer
+    else:
+        net, tokenizer = load_model(model)
     row = evaluate_model(net, tokenizer, scored, batch_size=batch_size, name=model or "default")
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -336,10 +357,18 @@ def benchmark(
         return
     if variant or compile_:
         raise UfkitError("--variant and --compile need a folder written by `ufkit quantize` as --model")
-    net, tokenizer = load_model(model)
+    exit_model = _early_exit_model(model)
+    size = None
+    if exit_model is not None:  # a folder with early exits runs them at its calibrated speed
+        from .compose.measuring import size_mb
+
+        net, tokenizer, size = exit_model, exit_model.tokenizer, size_mb(exit_model)
+    else:
+        net, tokenizer = load_model(model)
 
     rows = [run_benchmark(net, tokenizer, texts, name=model or "default", batch_size=b, seq_len=seq_len,
-                          n_warmup=warmup, n_iters=iters, threads=threads, table="benchmark", store=store)
+                          n_warmup=warmup, n_iters=iters, threads=threads, table="benchmark", store=store,
+                          size_mb=size)
             for b in progress_bar(batch_size, desc="benchmark", disable=len(batch_size) < 2)]
     df = pd.concat(rows, ignore_index=True)
     cols = ["name", "batch_size", "seq_len", "latency_ms_mean", "latency_ms_std", "latency_ms_p50",
