@@ -202,6 +202,14 @@ def test_bad_steps_and_recipes(make, fragment):
     assert fragment in str(e.value)
 
 
+def test_every_quantization_variant_has_a_label():
+    from ufkit.compose.recipe import VARIANT_LABELS
+    from ufkit.quantization import VARIANTS
+
+    assert list(VARIANT_LABELS) == list(VARIANTS)
+    assert len(set(VARIANT_LABELS.values())) == len(VARIANT_LABELS)
+
+
 def test_recipe_syntax():
     r = C.parse_recipe("distil:0/2/4:epochs=2+prune:heads=0.5:neurons=0.25+int8")
     assert [s.to_dict() for s in r.steps] == [

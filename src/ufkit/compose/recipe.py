@@ -66,8 +66,9 @@ WHY = {
 #: Training settings a step may override for itself (see :class:`ufkit.compose.steps.TrainSettings`).
 TRAIN_KEYS = ("epochs", "max_steps", "learning_rate", "batch_size")
 
-#: Short labels of the quantization variants (:data:`ufkit.quantization.VARIANTS`), used in step labels and in
-#: the recipe syntax; ``int8`` is ONNX Runtime's dynamic int8 with one weight scale per output channel.
+#: Short labels of the quantization variants (every one of :data:`ufkit.quantization.VARIANTS`, which the tests
+#: check; kept here so that a recipe is checked without importing the runtimes), used in step labels and in the
+#: recipe syntax; ``int8`` is ONNX Runtime's dynamic int8 with one weight scale per output channel.
 VARIANT_LABELS = {
     "pytorch_fp32": "fp32",
     "torchao_int8": "torchao-int8",
@@ -190,11 +191,9 @@ def _normalise(kind: str, settings: dict) -> dict:
     elif kind == "exits":
         s["budget"] = _check_budget(kind, s["budget"])
     elif kind == "quantize":
-        from ..quantization import VARIANTS
-
         variant = _VARIANT_OF_LABEL.get(s["variant"], s["variant"])
-        if variant not in VARIANTS:
-            raise ComposeError(f"quantize: unknown variant {s['variant']!r}; choose from {', '.join(VARIANTS)} "
+        if variant not in VARIANT_LABELS:
+            raise ComposeError(f"quantize: unknown variant {s['variant']!r}; choose from {', '.join(VARIANT_LABELS)} "
                                f"(or {', '.join(VARIANT_LABELS.values())})")
         s["variant"] = variant
         s["budget"] = _check_budget(kind, s["budget"])
