@@ -190,6 +190,7 @@ def test_the_rules_say_what_each_step_leaves():
     (lambda: C.fff(0), "depth must be an integer"),
     (lambda: C.exits(budget=-1), "non-negative"),
     (lambda: C.distil(2, max_steps=0), "max_steps must be a positive integer"),
+    (lambda: C.exits(max_steps=2), "unknown setting(s) max_steps"),
     (lambda: Recipe("empty", ()), "has no steps"),
     (lambda: Recipe("two words", (C.distil(1),)), "recipe name"),
     (lambda: C.parse_recipe("nope"), "unknown recipe 'nope'"),
@@ -221,6 +222,9 @@ def test_recipe_syntax():
     assert C.parse_step("truncate:2:recover=true").settings == {"layers": 2, "recover": True}
     assert C.parse_step("exits:budget=0.5").label == "exits-b0.5"
     assert C.Step.from_dict(r.steps[0].to_dict()) == r.steps[0]
+    ts = SETTINGS.for_step(C.exits(epochs=3, learning_rate=0.01))
+    assert (ts.exit_epochs, ts.exit_learning_rate, ts.epochs) == (3, 0.01, SETTINGS.epochs)
+    assert SETTINGS.for_step(r.steps[0]).epochs == 2
     json.dumps(r.to_dict())  # JSON-serialisable
 
 

@@ -160,7 +160,8 @@ _TRAINS = {"distil", "truncate", "prune", "fff", "exits"}
 def _normalise(kind: str, settings: dict) -> dict:
     if kind not in STEP_KINDS:
         raise ComposeError(f"unknown step kind {kind!r}; the kinds are {', '.join(STEP_KINDS)}")
-    allowed = set(_DEFAULTS[kind]) | (set(TRAIN_KEYS) if kind in _TRAINS else set())
+    train_keys = set(TRAIN_KEYS) - {"max_steps"} if kind == "exits" else set(TRAIN_KEYS)  # fit_students: epochs
+    allowed = set(_DEFAULTS[kind]) | (train_keys if kind in _TRAINS else set())
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise ComposeError(f"{kind}: unknown setting(s) {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
@@ -207,7 +208,8 @@ class Step:
     """One ``model -> model`` transformation: a kind (:data:`STEP_KINDS`) and its JSON-serialisable settings.
 
     Settings by kind (defaults in brackets); every training kind also takes ``epochs``, ``max_steps``,
-    ``learning_rate`` and ``batch_size``, which override the run's :class:`ufkit.compose.steps.TrainSettings`:
+    ``learning_rate`` and ``batch_size``, which override the run's :class:`ufkit.compose.steps.TrainSettings`
+    (for ``exits``: the branches' epochs and learning rate; it takes no ``max_steps``):
 
     * ``distil``: ``layers``, a number of layers spread evenly over the input's (``round(i L / n)``, as
       ``ufkit distill`` does) or the input layers to keep; the student starts from them

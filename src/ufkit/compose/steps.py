@@ -78,9 +78,13 @@ class TrainSettings:
 
     def for_step(self, step: Step) -> "TrainSettings":
         """These settings with the step's own overrides (``epochs``, ``max_steps``, ``learning_rate``,
-        ``batch_size``) applied."""
+        ``batch_size``) applied; an ``exits`` step's ``epochs`` and ``learning_rate`` are its branches'
+        (``exit_epochs``, ``exit_learning_rate``)."""
         over = {k: step.settings[k] for k in ("epochs", "max_steps", "learning_rate", "batch_size")
                 if step.settings.get(k) is not None}
+        if step.kind == "exits":  # the branches' own training
+            over = {{"epochs": "exit_epochs", "learning_rate": "exit_learning_rate"}.get(k, k): v
+                    for k, v in over.items()}
         return replace(self, **over)
 
     def distill_config(self, **over):
