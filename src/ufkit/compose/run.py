@@ -27,14 +27,13 @@ import json
 import re
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .measuring import COLUMNS, Measurer, accuracy
+from .measuring import Measurer, accuracy
 from .recipe import ComposeError, Recipe, Step, prefix_label
 from .steps import Artifact, TrainSettings, apply_step, as_artifact, load_artifact, save_artifact
 

@@ -369,6 +369,7 @@ def load_artifact(folder: str | Path, *, threads: int | None = None) -> Artifact
     """
     from ..early_exit import EarlyExitModel
     from ..early_exit.model import CONFIG_FILE
+    from .. import structure  # noqa: F401  (registers pruned checkpoints with the Auto classes)
     from ..fff import bert  # noqa: F401  (registers FFF checkpoints with the Auto classes)
     from ..models import load_model
     from ..quantization import MARKER, list_variants, load_variant
