@@ -1060,7 +1060,7 @@ def optimize(
     for run in result.runs:
         if run.error:
             typer.echo(f"recipe {run.recipe.name} stopped: {run.error}")
-    typer.echo(f"chosen: {result.chosen['label']}: {result.reason}")
+    typer.echo(f"chosen: {result.reason}")
     typer.echo(f"model written to {output / 'model'}; report in {paths['md']}, {paths['json']}, {paths['png']}; "
                f"next: ufkit evaluate --model {output / 'model'}")
 

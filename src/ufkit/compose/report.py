@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .recipe import ComposeError
-from .search import OBJECTIVES, SearchResult, _objective_name
+from .search import OBJECTIVES, SearchResult, _objective_name, points
 
 #: The report's files.
 REPORT_JSON, REPORT_MD, PARETO_PNG = "report.json", "report.md", "pareto.png"
@@ -103,8 +103,12 @@ def report_dict(result: SearchResult, **meta) -> dict:
     })
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
 def _fmt(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if _missing(value):
         return "–"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else ""
@@ -126,14 +130,14 @@ def markdown_table(result: SearchResult) -> str:
             ("within_budget", "within budget"), ("on_front", "on front"), ("chosen", "chosen"),
             ("reused", "cached")]
     cols = [(c, name) for c, name in cols if c in t.columns]
-    lines = [f"# ufkit optimize: budget {result.budget:g} points, objective {result.objective}", "",
-             f"**Chosen:** {result.chosen.get('label')}. {result.reason}.", "",
+    lines = [f"# ufkit optimize: {result.objective} within {points(result.budget)} of the teacher", "",
+             f"**Chosen:** {result.reason}.", "",
              "| " + " | ".join(name for _, name in cols) + " |", "|" + "---|" * len(cols)]
     for row in t.to_dict("records"):
         cells = []
         for c, _ in cols:
             v = row.get(c)
-            cells.append("teacher" if c == "recipe" and v is None else _fmt(v))
+            cells.append("teacher" if c == "recipe" and _missing(v) else _fmt(v))
         lines.append("| " + " | ".join(cells) + " |")
     failed = [run for run in result.runs if run.error]
     if failed:
@@ -165,18 +169,18 @@ def pareto_plot(result: SearchResult, path: str | Path | None = None):
     t = result.teacher.measurement
     ax.scatter([t.get(col)], [t["heldout_accuracy"]], marker="s", color="black", s=50, label="teacher", zorder=4)
     ax.axhline(t["heldout_accuracy"] - result.budget, ls="--", color="tab:red", lw=1,
-               label=f"budget ({result.budget:g} points)")
+               label=f"budget: {points(result.budget)} below the teacher")
     ch = result.chosen
     ax.scatter([ch.get(col)], [ch.get("heldout_accuracy")], marker="*", color="tab:orange", s=220,
                label=f"chosen: {ch.get('label')}", zorder=5)
-    for row in ok.to_dict("records"):
+    for row in front.to_dict("records"):  # the front's models by name (every model's is in report.md)
         ax.annotate(row["label"], (row[col], row["heldout_accuracy"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     if OBJECTIVES[result.objective][0] in ("latency_ms", "size_mb") and len(ok) > 1 and (ok[col] > 0).all():
         ax.set_xscale("log")
-    ax.set_xlabel(_objective_name(result.objective, ch))
+    ax.set_xlabel(_objective_name(result.objective, ch, unit=True))
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(f"ufkit optimize: {result.objective} under a {result.budget:g}-point budget")
+    ax.set_title(f"ufkit optimize: {result.objective} within {points(result.budget)} of the teacher")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -25,12 +25,17 @@ import pandas as pd
 from .recipe import DEFAULT_RECIPES, ComposeError, Recipe
 from .run import Composer, RecipeRun, StepResult
 
-#: objective -> (measurement column, "min" or "max", what it is)
+#: objective -> (measurement column, "min" or "max", what it is, its unit)
 OBJECTIVES = {
-    "latency": ("latency_ms", "min", "latency per call at batch {latency_batch_size} (ms)"),
-    "throughput": ("throughput_seq_per_s", "max", "throughput at batch {throughput_batch_size} (sentences/s)"),
-    "size": ("size_mb", "min", "size (MB)"),
+    "latency": ("latency_ms", "min", "latency per call at batch {latency_batch_size}", "ms"),
+    "throughput": ("throughput_seq_per_s", "max", "throughput at batch {throughput_batch_size}", "sentences/s"),
+    "size": ("size_mb", "min", "size", "MB"),
 }
+
+
+def points(x: float) -> str:
+    """``1 point``, ``0.5 points``, ``2 points``."""
+    return f"{x:g} point" + ("" if x == 1 else "s")
 
 
 def check_objective(objective: str) -> tuple[str, str]:
@@ -41,7 +46,7 @@ def check_objective(objective: str) -> tuple[str, str]:
     """
     if objective not in OBJECTIVES:
         raise ComposeError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    column, sense, _ = OBJECTIVES[objective]
+    column, sense = OBJECTIVES[objective][:2]
     return column, sense
 
 
@@ -107,13 +112,16 @@ class SearchResult:
         raise ComposeError("the chosen model is not among the runs' results")
 
 
-def _objective_name(objective: str, row: dict) -> str:
-    text = OBJECTIVES[objective][2]
-    try:
-        return text.format(latency_batch_size=int(row.get("latency_batch_size", 1)),
-                           throughput_batch_size=int(row.get("throughput_batch_size", 32)))
-    except (TypeError, ValueError):
-        return text.format(latency_batch_size=1, throughput_batch_size=32)
+def _objective_name(objective: str, row: dict, unit: bool = False) -> str:
+    """What the objective measures, with the batch sizes of ``row`` (and its unit in brackets)."""
+    _, _, text, u = OBJECTIVES[objective]
+    sizes = {}
+    for key, default in (("latency_batch_size", 1), ("throughput_batch_size", 32)):
+        try:
+            sizes[key] = int(row.get(key, default))
+        except (TypeError, ValueError):
+            sizes[key] = default
+    return text.format(**sizes) + (f" ({u})" if unit else "")
 
 
 def summarize(teacher: StepResult, runs: Sequence[RecipeRun], *, budget: float, objective: str) -> SearchResult:
@@ -149,18 +157,16 @@ def summarize(teacher: StepResult, runs: Sequence[RecipeRun], *, budget: float, 
     table["chosen"] = table["artifact_id"] == best["artifact_id"]
     front = cand[cand["on_front"]].sort_values(column, ascending=sense == "min").reset_index(drop=True)
     chosen = best.to_dict()
-    what = _objective_name(objective, chosen)
-    n_ok = len(ok)
+    what, unit = _objective_name(objective, chosen), OBJECTIVES[objective][3]
+    within = (f"within {points(budget)} of the teacher's held-out accuracy ({t['heldout_accuracy']:.2f} %)")
     if best["artifact_id"] == teacher.artifact_id:
-        reason = (f"no composed model within {budget:g} accuracy points of the teacher's held-out accuracy "
-                  f"({t['heldout_accuracy']:.2f} %) beats it on {what}: the teacher itself")
+        reason = f"the teacher itself: no composed model {within} beats it on {what}"
     else:
         versus = t.get(column, np.nan)
         ratio = (versus / best[column] if sense == "min" else best[column] / versus) if versus else np.nan
-        reason = (f"{chosen['label']} is the best on {what} ({best[column]:.4g}, the teacher's {versus:.4g}: "
-                  f"{ratio:.2f}x) of the {n_ok} models whose held-out accuracy is within {budget:g} points of the "
-                  f"teacher's ({t['heldout_accuracy']:.2f} %); its held-out drop is {best['heldout_drop']:.2f} "
-                  f"points")
+        reason = (f"{chosen['label']} is the best on {what}, {best[column]:.4g} {unit} against the teacher's "
+                  f"{versus:.4g} {unit} ({ratio:.2f}x), of the {len(ok)} models {within}; its held-out drop is "
+                  f"{best['heldout_drop']:.2f} points")
     return SearchResult(budget, objective, column, sense, teacher, list(runs), table, cand, front, chosen, reason)
 
 
