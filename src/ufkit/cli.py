@@ -1,11 +1,13 @@
 """The ``ufkit`` command line: ``finetune``, ``evaluate``, ``benchmark``, ``quantize``, ``bench-fff``, the
-compression commands ``distill``, ``prune``, ``theseus`` and ``qat`` (chapter 3), and ``convert-fff`` (a dense
-feedforward converted into fast feedforward layers, chapter 6), whose outputs the others load.
+compression commands ``distill``, ``prune``, ``theseus`` and ``qat`` (chapter 3), ``convert-fff`` (a dense
+feedforward converted into fast feedforward layers, chapter 6), whose outputs the others load, and ``optimize``
+(chapter 7: composed recipes searched under an accuracy budget, :mod:`ufkit.compose`).
 
 ``ufkit evaluate`` and ``ufkit benchmark`` given a folder written by ``ufkit quantize`` run every variant in it;
 a variant this CPU cannot run well, or whose optional package is missing, is reported as skipped with its reason
 (``--force NAME`` runs it past a CPU rule). ``ufkit quantize --select fastest`` then picks the fastest variant on
-this machine within the accuracy ``--budget`` and writes ``selection.json``.
+this machine within the accuracy ``--budget`` and writes ``selection.json``. Given an early-exit folder
+(``ufkit optimize``'s choice of an ``exits`` recipe) they run its exits at its speed.
 
 Where a model meets labeled data (``evaluate``, ``quantize``), the data's labels are numbered as the model
 numbers them (its ``config.id2label``): a file may hold a subset of the model's classes, and a label the model
@@ -178,6 +180,22 @@ def _model_label_names(model) -> list[str]:
     return [f"LABEL_{i}" for i in range(n)]
 
 
+def _early_exit_model(model):
+    """The early-exit model of a folder written by ``EarlyExitModel.save_pretrained`` with its backbone (as
+    ``ufkit optimize`` writes a chosen ``exits`` recipe), as a callable running its exits at the speed in its
+    ``exit_speed.json`` (0, the full model, without one); None for any other model."""
+    from .early_exit.model import CONFIG_FILE
+
+    if model is None or not (Path(model) / CONFIG_FILE).is_file() or not (Path(model) / "config.json").is_file():
+        return None
+    from .compose import load_artifact
+
+    _register_model_classes()
+    artifact = load_artifact(model)
+    typer.echo(f"early-exit model: {artifact.num_layers} layers, exits at speed {artifact.speed:g}", err=True)
+    return artifact
+
+
 def _scored(n: int, total: int, where: str) -> str:
     if n == total:
         return f"scored all {total} rows of {where}"
@@ -279,7 +297,11 @@ def evaluate(
             typer.echo(f"skipped {name}: {reason}")
         typer.echo(_scored(len(scored), len(ds), where))
         return
-    net, tokenizer = load_model(model)
+    exit_model = _early_exit_model(model)
+    if exit_model is not None:  # a folder with early exits runs them at its calibrated speed
+        net, tokenizer = exit_model, exit_model.tokenizer
+    else:
+        net, tokenizer = load_model(model)
     row = evaluate_model(net, tokenizer, scored, batch_size=batch_size, name=model or "default")
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
@@ -349,10 +371,18 @@ def benchmark(
         return
     if variant or compile_ or force:
         raise UfkitError("--variant, --compile and --force need a folder written by `ufkit quantize` as --model")
-    net, tokenizer = load_model(model)
+    exit_model = _early_exit_model(model)
+    size = None
+    if exit_model is not None:  # a folder with early exits runs them at its calibrated speed
+        from .compose.measuring import size_mb
+
+        net, tokenizer, size = exit_model, exit_model.tokenizer, size_mb(exit_model)
+    else:
+        net, tokenizer = load_model(model)
 
     rows = [run_benchmark(net, tokenizer, texts, name=model or "default", batch_size=b, seq_len=seq_len,
-                          n_warmup=warmup, n_iters=iters, threads=threads, table="benchmark", store=store)
+                          n_warmup=warmup, n_iters=iters, threads=threads, table="benchmark", store=store,
+                          size_mb=size)
             for b in progress_bar(batch_size, desc="benchmark", disable=len(batch_size) < 2)]
     df = pd.concat(rows, ignore_index=True)
     cols = ["name", "batch_size", "seq_len", "latency_ms_mean", "latency_ms_std", "latency_ms_p50",
@@ -932,6 +962,160 @@ def convert_fff(
             typer.echo(f"layer {i}: router agreement {facts['router_agreement']:.2f}, relative error "
                        f"{facts['routed_rel_error']:.3f} routed, {facts['oracle_rel_error']:.3f} oracle")
     typer.echo(f"conversion report in {Path(output) / 'convert_fff.json'}; next: ufkit evaluate --model {output}")
+
+
+# ------------------------------------------------------------------------------------------------ composition
+
+
+def _parse_recipes(text: str | None):
+    """The recipes of --recipes: comma-separated names of DEFAULT_RECIPES or steps joined by '+'."""
+    from .compose import DEFAULT_RECIPES, ComposeError, parse_recipe
+
+    if text is None:
+        return list(DEFAULT_RECIPES.values())
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise UfkitError("--recipes names no recipe")
+    try:
+        recipes = [parse_recipe(name) for name in names]
+    except ComposeError as e:
+        raise UfkitError(f"--recipes: {e}") from None
+    seen = [r.name for r in recipes]
+    dup = sorted({n for n in seen if seen.count(n) > 1})
+    if dup:
+        raise UfkitError(f"--recipes names {dup[0]!r} twice")
+    return recipes
+
+
+def _optimize_splits(task, n_train: int | None, n_heldout: int, seed: int):
+    """``(train, heldout, calibration)``: disjoint seeded parts of the training split (held-out and calibration
+    sentences first, ``n_heldout`` each; the training subset from the rest).
+
+    Raises:
+        UfkitError: no training split, unlabeled training rows, or too few rows for the held-out sets.
+    """
+    import numpy as np
+
+    if "train" not in task.splits:
+        raise UfkitError("--data has no training split: optimize trains its steps on it and keeps its budget on "
+                         "held-out training sentences")
+    ds = task["train"]
+    labels = np.asarray(ds["label"])
+    if len(labels) == 0 or (labels < 0).any():
+        raise UfkitError("--data has no labels in its training split: optimize keeps its accuracy budget on "
+                         "labeled held-out training sentences")
+    if len(ds) < 2 * n_heldout + 1:
+        raise UfkitError(f"--n-heldout {n_heldout}: the training split has {len(ds)} sentences, fewer than the "
+                         f"{2 * n_heldout} held out (held-out and calibration sentences) plus one to train on")
+    shuffled = ds.shuffle(seed=seed)
+    heldout = shuffled.select(range(n_heldout))
+    calibration = shuffled.select(range(n_heldout, 2 * n_heldout))
+    rest = shuffled.select(range(2 * n_heldout, len(ds)))
+    train = rest.select(range(min(n_train, len(rest)))) if n_train is not None else rest
+    return train, heldout, calibration
+
+
+@app.command()
+@_errors_as_one_line
+def optimize(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the chosen model (OUTPUT/model), "
+                                "report.json, report.md, pareto.png and the measurements."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The fine-tuned classifier every recipe "
+                                        "starts from (the teacher)."),
+    data: Optional[str] = DataOpt,
+    subset: Optional[str] = SubsetOpt,
+    text_column: str = TextOpt,
+    label_column: str = LabelOpt,
+    budget: float = typer.Option(1.0, help="Accuracy points a model may lose against the teacher on held-out "
+                                 "training sentences (> 0)."),
+    objective: str = typer.Option("latency", help="What the chosen model is best at: latency (batch 1), "
+                                  "throughput (batch 32) or size."),
+    recipes: Optional[str] = typer.Option(None, "--recipes", help="Comma-separated recipes: names of the default "
+                                          "set (int8, distil3-int8, distil2-int8, prune50-int8, "
+                                          "distil3-prune50-int8, fff3-int8, exits, distil3-exits, fff3-exits; "
+                                          "default: all) or steps joined by '+', e.g. distil:3+int8."),
+    resume: bool = typer.Option(False, help="Continue a search in OUTPUT: keep the measurements stored there. "
+                                "Without it OUTPUT must be new or empty. Steps are cached in ufkit's cache either way."),
+    n_train: Optional[int] = typer.Option(20_000, help="Training sentences the steps train on (a seeded subset of "
+                                          "the rest of the training split)."),
+    n_heldout: int = typer.Option(1_000, help="Held-out training sentences the budget is kept on; as many more "
+                                  "calibrate the exit speed."),
+    epochs: float = typer.Option(1.0, help="Passes of every distillation over the training sentences."),
+    batch_size: int = BatchOpt,
+    learning_rate: float = LrOpt,
+    seed: int = SeedOpt,
+    threads: Optional[int] = typer.Option(None, help="Threads for timing (torch and ONNX Runtime; default: "
+                                          "UFKIT_THREADS, else torch's)."),
+    n_timed: int = typer.Option(256, help="Dev sentences timed per model and batch size."),
+    max_steps: Optional[int] = typer.Option(None, hidden=True, help="Stop every distillation after this many steps."),
+):
+    """Search composed recipes (distil, truncate, prune, FFF, early exits, quantize) under an accuracy budget and
+    write the best model for the objective, with a report (chapter 7).
+
+    The budget is kept on held-out training sentences, never on the dev split it reports. Writes OUTPUT/model
+    (loads in `ufkit evaluate` and `ufkit benchmark`), report.json (every recipe's every step's measurements, the
+    Pareto front, the choice and why), report.md and pareto.png.
+    """
+    import time
+
+    from . import config
+    from .compose import (OBJECTIVES, ComposeError, Measurer, TrainSettings, export_model, search as run_search,
+                          write_report)
+    from .measure import ResultsStore
+
+    if not budget > 0:
+        raise UfkitError(f"--budget must be a positive number of accuracy points, got {budget:g}")
+    if objective not in OBJECTIVES:
+        raise UfkitError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    chosen_recipes = _parse_recipes(recipes)
+    for name, value in (("--n-train", n_train), ("--n-heldout", n_heldout), ("--batch-size", batch_size),
+                        ("--threads", threads), ("--n-timed", n_timed), ("--max-steps", max_steps)):
+        _positive(name, value)
+    if not epochs >= 0:
+        raise UfkitError(f"--epochs must be non-negative, got {epochs}")
+    if not learning_rate > 0:
+        raise UfkitError(f"--learning-rate must be positive, got {learning_rate}")
+    output = output.expanduser()
+    if output.exists() and not output.is_dir():
+        raise UfkitError(f"--output {str(output)!r} is a file, not a folder")
+    if output.is_dir() and any(output.iterdir()) and not resume:
+        raise UfkitError(f"--output {str(output)!r} is not empty: pass --resume to continue the search in it, or "
+                         f"choose a new folder")
+    teacher, tokenizer, task = _compression_inputs(model, data, subset, text_column, label_column)
+    train, heldout, calibration = _optimize_splits(task, n_train, n_heldout, seed)
+    dev = task["validation"] if "validation" in task.splits else None
+    if dev is not None and (len(dev) == 0 or min(dev["label"]) < 0):
+        dev = None
+    settings = TrainSettings(epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+                             seed=seed)
+    output.mkdir(parents=True, exist_ok=True)
+    store = ResultsStore(output / "measurements")
+    start = time.perf_counter()
+    try:
+        result = run_search(chosen_recipes, teacher, tokenizer, train, heldout, dev, config.cache_dir() / "compose",
+                            budget=budget, objective=objective, calibration_ds=calibration, settings=settings,
+                            measure=Measurer(n_timed=n_timed), threads=threads, store=store)
+        export_model(result, output / "model", teacher=teacher, tokenizer=tokenizer)
+    except ComposeError as e:
+        raise UfkitError(str(e)) from None
+    meta = {"model": str(model) if model is not None else "default", "data": str(data) if data else "sst2",
+            "subset": subset, "text_column": text_column, "label_column": label_column, "label_names":
+            task.label_names, "n_train": len(train), "n_heldout": len(heldout), "n_calibration": len(calibration),
+            "n_dev": len(dev) if dev is not None else 0, "settings": settings.recipe(),
+            "measure": Measurer(n_timed=n_timed).__dict__, "resume": resume, "output_model": str(output / "model"),
+            "wall_seconds": time.perf_counter() - start}
+    paths = write_report(result, output, **meta)
+    cand = result.candidates
+    cols = [c for c in ("label", "heldout_accuracy", "heldout_drop", "dev_accuracy", result.column, "within_budget",
+                        "on_front", "chosen") if c in cand]
+    shown = cand[cols].rename(columns={"label": "model"})
+    typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    for run in result.runs:
+        if run.error:
+            typer.echo(f"recipe {run.recipe.name} stopped: {run.error}")
+    typer.echo(f"chosen: {result.reason}")
+    typer.echo(f"model written to {output / 'model'}; report in {paths['md']}, {paths['json']}, {paths['png']}; "
+               f"next: ufkit evaluate --model {output / 'model'}")
 
 
 def main(argv: list[str] | None = None) -> None:
