@@ -36,12 +36,12 @@ from scipy.stats import binomtest
 from transformers import AutoConfig, AutoModelForMaskedLM
 
 from ufkit import config, measure, zoo
-from ufkit.cache import fingerprint_model, fingerprint_texts, load_or_make_model
+from ufkit.cache import fingerprint, fingerprint_model, fingerprint_texts, load_or_make_model
 from ufkit.compression import distillation as D
 from ufkit.data import load_sst2, subset, tokenize
 from ufkit.early_exit import EarlyExitModel, load_or_fit
 from ufkit.evaluate import evaluate, predict_logits
-from ufkit.fff import leaf as leaf_ops
+from ufkit.fff import kernels
 from ufkit.fff.bert import feedforward_modules
 from ufkit.measure import measure_latency
 from ufkit.measure.report import busy_note, other_machines, put
@@ -303,8 +303,9 @@ def with_backend(model, backend):
 timed = {"teacher (dense)": teacher, "leaf FFF d=3 (fused kernel)": d3,
          "leaf FFF d=3 (PyTorch ops)": with_backend(d3, "torch"), "static dense, 192 wide": models["static dense, 192 wide"]}
 texts = list(subset(task["validation"], N_LATENCY, seed=0)["text"])
+kernel_id = fingerprint(kernels.CPP_DIR / "leaf_fff.cpp")  # the fused op's code: a new kernel is timed anew
 lat_key = dict(models_id=fingerprint_model(torch.nn.ModuleList(timed.values())), n_texts=len(texts), threads=THREADS,
-               protocol="pytorch interleaved")
+               protocol="pytorch interleaved", kernel_id=kernel_id)
 latency = pd.concat([store.load_or_measure("fff_conversion_latency", lambda b=b: measure_latency(
     timed, tokenizer, texts, batch_size=b, threads=THREADS), batch_size=b, reuse_busy=False, **lat_key)
     for b in (1, BATCH)], ignore_index=True)

@@ -77,6 +77,17 @@ def test_native_backend_equals_the_reference():
                                        leaf_fff_reference(*args, depth), atol=1e-5, rtol=1e-5)
 
 
+def test_native_small_and_large_leaves_in_one_call():
+    """The native op takes a SIMD path for leaves with few tokens and GEMMs for crowded ones; a skewed route mixes
+    both in one call (and odd widths exercise the vector tails)."""
+    need_native()
+    for depth, tokens in ((1, 300), (2, 200), (3, 150)):
+        args = list(make_case(depth, tokens, seed=depth + 11))
+        args[2] = args[2] + 3.0 * torch.arange(args[2].numel()).float()  # push most tokens right: one crowded leaf
+        torch.testing.assert_close(leaf_fff_forward(*args, depth, backend="native"),
+                                   leaf_fff_reference(*args, depth), atol=1e-5, rtol=1e-5)
+
+
 def test_leading_dimensions_are_kept():
     x, *weights = make_case(2, 15, seed=3)
     x = x.reshape(3, 5, H_IN)
