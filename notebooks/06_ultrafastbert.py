@@ -325,22 +325,29 @@ put("static_x_b1", speed.loc["static dense, 192 wide"].iloc[0])
 put("static_x_bn", speed.loc["static dense, 192 wide"].iloc[1])
 
 # %%
-layer0 = teacher.bert.encoder.layer[0]
-leaf0 = feedforward_modules(d3)[0]
-gen = torch.Generator().manual_seed(0)
-xs = [torch.nn.functional.layer_norm(torch.randn(128, H, generator=gen), (H,)) for _ in range(config.pick(64, 4))]
+# real feedforward inputs: the teacher's, for 128-token chunks of dev sentences, layer by layer
+stats = convert.collect_feedforward(teacher, tokenizer, texts, max_tokens=128 * config.pick(16, 2))
+chunks = [[s["x"][i:i + 128] for s in stats] for i in range(0, len(stats[0]["x"]) - 127, 128)]
+dense_layers = teacher.bert.encoder.layer
+leaf_layers = feedforward_modules(d3)
 
 
-def dense_ff(x):
-    return layer0.output.dense(layer0.intermediate(x))
+def all_dense(xs):
+    """Every layer's dense feedforward on its own inputs."""
+    return [dense_layers[i].output.dense(dense_layers[i].intermediate(x)) for i, x in enumerate(xs)]
 
 
-layer_timing = time_calls({"dense feedforward": dense_ff, "leaf FFF d=3 (fused kernel)": leaf0}, xs, n_warmup=3,
-                          rounds=config.pick(5, 1), threads=THREADS)
-layer_ms = {k: summarize(v)["latency_ms_mean"] for k, v in layer_timing.times_ms.items()}
-display(pd.Series(layer_ms, name="ms per 128 tokens").round(4))
+def all_leaf(xs):
+    """Every layer's leaf FFF on the same inputs."""
+    return [leaf_layers[i](x) for i, x in enumerate(xs)]
+
+
+layer_timing = time_calls({"dense feedforward": all_dense, "leaf FFF d=3 (fused kernel)": all_leaf}, chunks,
+                          n_warmup=3, rounds=config.pick(10, 1), threads=THREADS)
+layer_ms = {k: summarize(v)["latency_ms_mean"] / len(dense_layers) for k, v in layer_timing.times_ms.items()}
+display(pd.Series(layer_ms, name="ms per layer and 128 tokens (mean over layers)").round(4))
 put("layer_x", layer_ms["dense feedforward"] / layer_ms["leaf FFF d=3 (fused kernel)"])
-put("layer_flops_x", 4 * H * I / leaf0.flops_per_token())
+put("layer_flops_x", 4 * H * I / np.mean([m.flops_per_token() for m in leaf_layers.values()]))
 put("layer_busy", "yes" if layer_timing.busy else "no")
 
 # %% [markdown]
