@@ -178,9 +178,9 @@ def search(recipes: Sequence[Recipe] | None, teacher, tokenizer, train_ds, heldo
 
     Args:
         recipes: the recipes (default: :data:`~ufkit.compose.recipe.DEFAULT_RECIPES`).
-        teacher, tokenizer, train_ds, heldout_ds, dev_ds, cache_dir, calibration_ds, settings, measure, threads,
-            store: as for :class:`~ufkit.compose.run.Composer`. ``heldout_ds`` must be training sentences that no
-            step trained on: the budget is kept there, never on ``dev_ds``.
+        teacher, tokenizer, train_ds, heldout_ds, dev_ds, cache_dir, calibration_ds, settings, measure, threads, store: as
+            for :class:`~ufkit.compose.run.Composer`. ``heldout_ds`` must be training sentences that no step trained
+            on: the budget is kept there, never on ``dev_ds``.
         budget: accuracy points (> 0) a model may lose against the teacher on ``heldout_ds``; the steps that
             calibrate (exits, ``onnx_int8_auto``) spend what is left of it on ``calibration_ds``.
         objective: ``latency``, ``throughput`` or ``size`` (:data:`OBJECTIVES`).

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .reference import _check_int
+from .reference import _check_int, check_tensors
 
 __all__ = ["ACTIVATIONS", "LEAF_BACKENDS", "n_leaves", "check_leaf_args", "leaf_route", "leaf_soft_weights",
            "leaf_fff_reference", "leaf_fff_masked", "leaf_fff_soft", "leaf_fff_forward", "LeafFFF"]
@@ -70,19 +70,8 @@ def check_leaf_args(x, router_weight, router_bias, w1, b1, w2, b2, depth, activa
     depth = _check_int("depth", depth, 1, 16)
     _act(activation)
     L = n_leaves(depth)
-    named = (("x", x), ("router_weight", router_weight), ("router_bias", router_bias), ("w1", w1), ("b1", b1),
-             ("w2", w2), ("b2", b2))
-    for name, t in named:
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if t.dtype != x.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype} but x has dtype {x.dtype}; use one dtype")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; use one device")
-    if x.dim() < 1:
-        raise ValueError("x must have shape (..., H_in), got a 0-d tensor")
+    check_tensors((("x", x), ("router_weight", router_weight), ("router_bias", router_bias), ("w1", w1), ("b1", b1),
+                   ("w2", w2), ("b2", b2)))
     h_in = x.shape[-1]
     if w1.dim() != 3 or w1.shape[0] != L or w1.shape[2] != h_in:
         raise ValueError(f"w1 must have shape (2**depth, leaf_width, H_in) = ({L}, w, {h_in}), got {tuple(w1.shape)}")

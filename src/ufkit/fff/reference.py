@@ -36,6 +36,7 @@ import torch.nn.functional as F
 __all__ = [
     "n_nodes",
     "check_fff_args",
+    "check_tensors",
     "fff_route",
     "fff_reference",
     "fff_training_form",
@@ -55,17 +56,15 @@ def _check_int(name: str, value, lo: int, hi: int) -> int:
     return value
 
 
-def check_fff_args(x, w_in, b_in, w_out, depth, n_trees, *, require_float32: bool = False) -> None:
-    """Validate the arguments of a FFF forward; raise ``ValueError`` naming the first bad argument.
+def check_tensors(named, *, require_float32: bool = False) -> None:
+    """Check ``(name, tensor)`` pairs, the first being ``x`` `(..., H_in)`: every one a floating-point
+    ``torch.Tensor`` of ``x``'s dtype (float32 with ``require_float32``) on ``x``'s device, and ``x`` at least 1-d.
 
-    Expected: ``x`` of shape ``(..., H_in)``, ``w_in`` ``(K*N, H_in)``, ``b_in`` ``(K*N,)``, ``w_out``
-    ``(H_out, K*N)`` with N = 2**(depth+1) - 1 and K = ``n_trees``; all floating point, one dtype, one
-    device. ``require_float32`` is set by the compiled backends, which only implement float32.
+    Raises:
+        ValueError: naming the first bad argument.
     """
-    depth = _check_int("depth", depth, 0, 20)
-    n_trees = _check_int("n_trees", n_trees, 1, 1 << 20)
-    width = n_trees * n_nodes(depth)
-    for name, t in (("x", x), ("w_in", w_in), ("b_in", b_in), ("w_out", w_out)):
+    x = named[0][1]
+    for name, t in named:
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
@@ -78,6 +77,19 @@ def check_fff_args(x, w_in, b_in, w_out, depth, n_trees, *, require_float32: boo
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; use one device")
     if x.dim() < 1:
         raise ValueError("x must have shape (..., H_in), got a 0-d tensor")
+
+
+def check_fff_args(x, w_in, b_in, w_out, depth, n_trees, *, require_float32: bool = False) -> None:
+    """Validate the arguments of a FFF forward; raise ``ValueError`` naming the first bad argument.
+
+    Expected: ``x`` of shape ``(..., H_in)``, ``w_in`` ``(K*N, H_in)``, ``b_in`` ``(K*N,)``, ``w_out``
+    ``(H_out, K*N)`` with N = 2**(depth+1) - 1 and K = ``n_trees``; all floating point, one dtype, one
+    device. ``require_float32`` is set by the compiled backends, which only implement float32.
+    """
+    depth = _check_int("depth", depth, 0, 20)
+    n_trees = _check_int("n_trees", n_trees, 1, 1 << 20)
+    width = n_trees * n_nodes(depth)
+    check_tensors((("x", x), ("w_in", w_in), ("b_in", b_in), ("w_out", w_out)), require_float32=require_float32)
     if w_in.dim() != 2:
         raise ValueError(f"w_in must have shape (n_trees * N, H_in), got {tuple(w_in.shape)}")
     if w_in.shape[0] != width:

@@ -67,3 +67,30 @@ def _quiet_ort():
             yield
     finally:
         root.setLevel(old)
+
+
+def input_feeds(batch: dict, input_names, runtime: str) -> dict:
+    """The int64 numpy inputs a graph runtime (ONNX Runtime, OpenVINO) takes from a batch of tensors.
+
+    Args:
+        batch: ``input_ids`` `(batch_size, sequence_length)` and ``attention_mask`` (torch tensors or arrays), and
+            ``token_type_ids`` where the graph has them (default zeros, as in transformers).
+        input_names: the graph's input names, in order.
+        runtime: named in the error.
+
+    Raises:
+        QuantizeError: an input the graph needs (other than ``token_type_ids``) is missing.
+    """
+    import numpy as np
+
+    missing = [n for n in input_names if n not in batch and n != "token_type_ids"]
+    if missing or "input_ids" not in batch:
+        raise QuantizeError(f"the {runtime} model needs inputs {missing or ['input_ids']}, got {sorted(batch)}")
+    shape = tuple(batch["input_ids"].shape)
+    feeds = {}
+    for name in input_names:
+        value = batch.get(name)
+        if value is None:  # token_type_ids default to zeros, as in transformers
+            value = np.zeros(shape, dtype=np.int64)
+        feeds[name] = value.numpy() if hasattr(value, "numpy") else np.asarray(value, dtype=np.int64)
+    return feeds

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .common import QuantizeError, _quiet_ort
+from .common import QuantizeError, _quiet_ort, input_feeds
 
 
 
@@ -68,16 +68,7 @@ class OnnxClassifier:
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         batch = {**(batch or {}), **inputs}  # a batch dict (ufkit.bench) or keyword tensors (transformers style)
-        missing = [n for n in self.input_names if n not in batch and n != "token_type_ids"]
-        if missing:
-            raise QuantizeError(f"the ONNX model needs inputs {missing}, got {sorted(batch)}")
-        ids = batch["input_ids"]
-        feeds = {}
-        for name in self.input_names:
-            value = batch.get(name)
-            if value is None:  # token_type_ids default to zeros, as in transformers
-                value = np.zeros(tuple(ids.shape), dtype=np.int64)
-            feeds[name] = value.numpy() if hasattr(value, "numpy") else np.asarray(value, dtype=np.int64)
+        feeds = input_feeds(batch, self.input_names, "ONNX")
         logits = self.session.run(None, feeds)[0]
         return SequenceClassifierOutput(logits=torch.from_numpy(logits))
 

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .common import QuantizeError
+from .common import QuantizeError, input_feeds
 
 #: The IR file of an OpenVINO variant (its weights are the ``.bin`` beside it).
 OPENVINO_FILE = "model.xml"
@@ -162,15 +162,9 @@ class OpenVinoClassifier:
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         batch = {**(batch or {}), **inputs}
-        if "input_ids" not in batch or "attention_mask" not in batch:
+        if "attention_mask" not in batch:
             raise QuantizeError(f"the OpenVINO model needs input_ids and attention_mask, got {sorted(batch)}")
-        ids = batch["input_ids"]
-        feeds = {}
-        for name in self.input_names:
-            value = batch.get(name)
-            if value is None:  # token_type_ids default to zeros, as in transformers
-                value = np.zeros(tuple(ids.shape), dtype=np.int64)
-            feeds[name] = value.numpy() if hasattr(value, "numpy") else np.asarray(value, dtype=np.int64)
+        feeds = input_feeds(batch, self.input_names, "OpenVINO")
         self._request.infer(feeds)
         logits = np.array(self._request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the buffer is reused
         return SequenceClassifierOutput(logits=torch.from_numpy(logits))

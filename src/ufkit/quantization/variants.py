@@ -206,8 +206,8 @@ def read_report(folder: str | os.PathLike) -> dict:
     """The ``report.json`` of a :func:`quantize` output folder (``{}`` if it has none).
 
     Returns:
-        ``{"created", "machine": {...}, "variants": [{"variant", "status": "written" | "kept" | "skipped",
-        "reason", "seconds", "size_mb"}, ...]}``.
+        a dict with ``created``, ``machine`` and ``variants``: one dict per variant with ``variant``, ``status``
+        (``written``, ``kept`` or ``skipped``), ``reason``, ``seconds`` and ``size_mb``.
     """
     path = Path(folder) / REPORT_FILE
     return json.loads(path.read_text()) if path.is_file() else {}

@@ -19,7 +19,7 @@ way MoEfication (Zhang et al., ACL Findings 2022) builds experts from a dense la
    the leaves training in the masked form with the routers fixed.
 
 Controls, trained with the same distillation (:func:`make_control`): a static dense feedforward of the same active
-width (the neurons with the largest mean |a| * ||W_out column||), the feedforward removed (its mean output as a
+width (the neurons with the largest mean absolute activation times output-column norm), the feedforward removed (its mean output as a
 bias), and UltraFastBERT's own FFF (one tree of depth 11) trained in place from a random initialisation.
 """
 
@@ -364,7 +364,7 @@ def convert_to_leaf_fff(model, tokenizer, texts: Sequence[str], depth: int, leaf
 
 
 def neuron_importance(layer, stats: dict) -> torch.Tensor:
-    """Each feedforward neuron's mean |activation| times the norm of its output column: `(intermediate_size,)`."""
+    """Each feedforward neuron's mean absolute activation times the norm of its output column: `(intermediate_size,)`."""
     return stats["a"].abs().mean(0) * layer.output.dense.weight.detach().float().norm(dim=0)
 
 
