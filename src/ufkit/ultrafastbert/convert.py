@@ -313,7 +313,6 @@ def convert_layer(layer, stats: dict, depth: int, leaf_width: int, *, router_ste
     facts = {"oracle_rel_error": rel}
     xh, ah, yh = x[n_fit:], a[n_fit:], y[n_fit:]
     if len(xh):
-        oracle_h, _, _ = oracle_leaves(ah, yh, groups, w_out, b_out, n_iter=0)  # best leaf with the fitted biases
         partial = torch.stack([ah[:, g] @ w_out[:, g].t() for g in groups]) + bias.unsqueeze(1)
         err = ((yh.unsqueeze(0) - partial) ** 2).sum(-1)
         oracle_h = err.argmin(0)
