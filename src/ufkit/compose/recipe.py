@@ -71,6 +71,9 @@ TRAIN_KEYS = ("epochs", "max_steps", "learning_rate", "batch_size")
 #: recipe syntax; ``int8`` is ONNX Runtime's dynamic int8 with one weight scale per output channel.
 VARIANT_LABELS = {
     "pytorch_fp32": "fp32",
+    "pytorch_bf16": "bf16",
+    "torch_compile_fp32": "compile-fp32",
+    "torch_compile_bf16": "compile-bf16",
     "torchao_int8": "torchao-int8",
     "onnx_fp32": "onnx-fp32",
     "onnx_optimized": "onnx-opt",
@@ -78,6 +81,9 @@ VARIANT_LABELS = {
     "onnx_int8_dynamic_per_channel": "int8",
     "onnx_int8_static": "int8-static",
     "onnx_int8_auto": "int8-auto",
+    "openvino_fp32": "openvino-fp32",
+    "openvino_int8": "openvino-int8",
+    "ctranslate2_int8": "ct2-int8",
 }
 _VARIANT_OF_LABEL = {v: k for k, v in VARIANT_LABELS.items()}
 

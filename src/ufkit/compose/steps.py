@@ -321,7 +321,7 @@ def _apply_quantize(step, a, *, train_ds, calibration_ds, ts, budget, workdir, t
         raise ComposeError(f"step {step.label} needs a workdir to write its variant into")
     variant = step.settings["variant"]
     calibration = (list(subset(train_ds, ts.calibration_size, seed=ts.seed)["text"])
-                   if variant == "onnx_int8_static" else None)
+                   if variant in ("onnx_int8_static", "openvino_int8") else None)
     spend = step.settings["budget"] if step.settings["budget"] is not None else max(0.0, budget or 0.0)
     with tempfile.TemporaryDirectory(prefix="ufkit-compose-") as tmp:
         source = save_model(a.model, a.tokenizer, Path(tmp) / "model")
