@@ -5,6 +5,18 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): the
+    matrices are tiny, and a shared machine's second core is better left alone."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def save_tiny_classifier(path, label_names):
     """A tiny BertForSequenceClassification (hidden 32, 2 layers) with the packaged MiniLM tokenizer, whose
     ``config.id2label`` is ``label_names``, saved in ``path`` with save_pretrained."""

@@ -23,13 +23,7 @@ TEXTS = [f"a {'good' if i % 2 else 'bad'} {'long ' * (i % 5)}movie number {i}" f
 SETTINGS = C.TrainSettings(max_steps=2, batch_size=8, n_importance=16, n_stats=16, mixed_precision="no")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the matrices are tiny, and a shared machine's second core is better left alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

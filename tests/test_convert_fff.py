@@ -20,13 +20,7 @@ TEXTS = [f"a {'good' if i % 2 else 'bad'} {'long ' * (i % 5)}movie number {i}" f
 INTERMEDIATE = 64  # conftest's tiny classifier
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the matrices are tiny, and a shared machine's second core is better left alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -15,13 +15,7 @@ from ufkit.fff.leaf import (LeafFFF, check_leaf_args, leaf_fff_forward, leaf_fff
 H_IN, H_OUT, WIDTH = 13, 11, 5  # odd sizes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the matrices are tiny, and a shared machine's second core is better left alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_case(depth: int, tokens: int, *, seed: int = 0, h_in: int = H_IN, h_out: int = H_OUT, width: int = WIDTH,
