@@ -70,6 +70,16 @@ def _positive(name: str, value: int | None) -> None:
         raise UfkitError(f"{name} must be a positive integer, got {value}")
 
 
+def _check_distillation(temperature: float, alpha: float, hidden_weight: float = 0.0) -> None:
+    """The distillation flags of ``distill`` and ``convert-fff``; raise ``UfkitError`` naming the first bad one."""
+    if not temperature > 0:
+        raise UfkitError(f"--temperature must be positive, got {temperature}")
+    if not 0 <= alpha <= 1:
+        raise UfkitError(f"--alpha must be in [0, 1], got {alpha}")
+    if not hidden_weight >= 0:
+        raise UfkitError(f"--hidden-weight must be non-negative, got {hidden_weight}")
+
+
 def _register_model_classes() -> None:
     """Register ufkit's own model classes with transformers' Auto classes before a model folder is read, so that
     a folder written by ``ufkit convert-fff`` (``model_type`` ``"ufkit_fff_bert"``) loads in every command
@@ -626,10 +636,7 @@ def distill(
     _positive("--num-layers", num_layers)
     if mode not in ("soft", "hard"):
         raise UfkitError(f"--mode must be soft or hard, got {mode!r}")
-    if not temperature > 0:
-        raise UfkitError(f"--temperature must be positive, got {temperature}")
-    if not 0 <= alpha <= 1:
-        raise UfkitError(f"--alpha must be in [0, 1], got {alpha}")
+    _check_distillation(temperature, alpha)
     teacher, tokenizer, task = _compression_inputs(model, data, subset, text_column, label_column)
     depth = teacher.config.num_hidden_layers
     if layers is not None:
@@ -905,12 +912,7 @@ def convert_fff(
     _positive("--max-steps", max_steps)
     if method == "ultrafastbert" and not 0 <= fff_depth <= 16:
         raise UfkitError(f"--fff-depth must be in [0, 16], got {fff_depth}")
-    if not temperature > 0:
-        raise UfkitError(f"--temperature must be positive, got {temperature}")
-    if not 0 <= alpha <= 1:
-        raise UfkitError(f"--alpha must be in [0, 1], got {alpha}")
-    if not hidden_weight >= 0:
-        raise UfkitError(f"--hidden-weight must be non-negative, got {hidden_weight}")
+    _check_distillation(temperature, alpha, hidden_weight)
     if not epochs >= 0:
         raise UfkitError(f"--epochs must be non-negative, got {epochs}")
     if not learning_rate > 0:
