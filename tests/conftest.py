@@ -5,6 +5,17 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture()
+def no_loading_bars():
+    """No transformers loading bars while a test runs (``ufkit``'s main silences them; the tests call the library and
+    CliRunner, which skip main)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    yield
+    logging.enable_progress_bar()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): the

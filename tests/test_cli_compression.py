@@ -9,14 +9,7 @@ import torch
 from test_cli import assert_one_line_error, cli
 
 
-@pytest.fixture(autouse=True)
-def _no_loading_bars():
-    """`ufkit` (main) silences transformers' loading bars; CliRunner calls the app without main."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    yield
-    logging.enable_progress_bar()
+pytestmark = pytest.mark.usefixtures("no_loading_bars")
 
 
 def test_help():

@@ -23,18 +23,8 @@ TEXTS = [f"a {'good' if i % 2 else 'bad'} {'long ' * (i % 5)}movie number {i}" f
 SETTINGS = C.TrainSettings(max_steps=2, batch_size=8, n_importance=16, n_stats=16, mixed_precision="no")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    """No loading or mapping bars (``ufkit`` silences them in main; the tests call the library and CliRunner)."""
-    from transformers.utils import logging
-
-    datasets.disable_progress_bar()
-    logging.disable_progress_bar()
-    yield
-    logging.enable_progress_bar()
+pytestmark = pytest.mark.usefixtures("one_thread", "no_loading_bars")
+datasets.disable_progress_bar()  # no mapping bars either (ufkit's main silences them; the tests skip main)
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,7 @@ TEXTS = [f"a {'good' if i % 2 else 'bad'} {'long ' * (i % 5)}movie number {i}" f
 INTERMEDIATE = 64  # conftest's tiny classifier
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _no_loading_bars():
-    """`ufkit` (main) silences transformers' loading bars; CliRunner calls the app without main."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    yield
-    logging.enable_progress_bar()
+pytestmark = pytest.mark.usefixtures("one_thread", "no_loading_bars")
 
 
 @pytest.fixture(scope="module")
