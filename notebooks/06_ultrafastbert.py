@@ -76,7 +76,7 @@ CONVERSIONS = {  # name -> convert_fff arguments
     "static dense, 192 wide, 2 epochs": dict(method="static", leaf_width=192, epochs=2.0),
 }
 CACHE = config.cache_dir() / "fff-conversion"
-FIXTURE = Path.cwd().resolve().parents[1] / "shared" / "fixtures" / "ultrafastbert-tiny"
+FIXTURE = config.shared_dir() / "fixtures" / "ultrafastbert-tiny"
 machine = measure.machine_info(THREADS)
 store = measure.ResultsStore()
 print(f"run size: {config.size()}; machine: {measure.machine_summary(machine)} (id {machine['machine_id']})")
@@ -95,8 +95,9 @@ put("n_stats", N_STATS)
 # layout, with the outputs of the original implementation.
 
 # %%
-if not FIXTURE.is_dir():  # the fixture sits in ../shared beside the checkout
-    FIXTURE = Path(config.__file__).resolve().parents[3].parent / "shared" / "fixtures" / "ultrafastbert-tiny"
+if not FIXTURE.is_dir():
+    raise FileNotFoundError(f"the UltraFastBERT fixture is not at {FIXTURE}: put ../shared beside the checkout "
+                            "or set UFKIT_SHARED")
 cfg_fixture = AutoConfig.from_pretrained(FIXTURE)
 mlm = AutoModelForMaskedLM.from_pretrained(FIXTURE).eval()
 print(type(mlm).__name__, "arch:", json.dumps({k: cfg_fixture.arch[k] for k in (

@@ -80,15 +80,28 @@ def results_dir() -> Path:
     return path
 
 
+def shared_dir() -> Path:
+    """The ``shared`` folder beside the source checkout (data and fixtures), or ``UFKIT_SHARED``.
+
+    Falls back to ``../shared`` from the working directory when ufkit is installed rather than run from a checkout.
+    The folder may not exist; callers check the file they need and say where they looked.
+    """
+    env = os.environ.get("UFKIT_SHARED")
+    if env:
+        return Path(env).expanduser()
+    checkout = _source_checkout()
+    if checkout is not None:
+        return checkout.parent / "shared"
+    return Path.cwd().parent / "shared"
+
+
 def data_candidates() -> list[Path]:
     """Folders searched, in order, for the default task's local data (SST-2, GLUE layout)."""
     out = []
     env = os.environ.get("UFKIT_DATA")
     if env:
         out.append(Path(env).expanduser())
-    checkout = _source_checkout()
-    if checkout is not None:
-        out.append(checkout.parent / "shared" / "data" / "sst2")
+    out.append(shared_dir() / "data" / "sst2")
     out.append(Path.cwd().parent / "shared" / "data" / "sst2")
     seen, unique = set(), []
     for p in out:
