@@ -136,6 +136,31 @@ def test_the_cache_is_reused_only_for_the_same_prefix_and_inputs(teacher, data, 
     assert len(list((tmp_path / "cache").glob("truncate-1-*"))) == 2  # one folder per teacher
 
 
+def test_a_recipe_can_start_from_another_model(teacher, data, tmp_path):
+    """``Composer.run(start=...)`` runs a recipe on another chapter's model: its steps equal the same steps by hand
+    from that model, its folders are its own, and a step that does not take the start's state is refused."""
+    from ufkit.compose.steps import apply_step, as_artifact
+
+    model, tokenizer = teacher
+    train, heldout, dev = data
+    composer = C.Composer(model, tokenizer, train, heldout, dev, tmp_path / "cache", settings=SETTINGS,
+                          measure=cheap, threads=1, progress=False)
+    pruned = apply_step(C.prune(heads=0.5, recover=False), as_artifact(model, tokenizer), train_ds=train,
+                        settings=SETTINGS, progress=False)
+    run = composer.run(Recipe("t", (C.truncate(1),)), start=pruned, start_label="ch3 student")
+    assert [r.label for r in run.steps] == ["ch3 student → truncate-1"]
+    assert run.final.model.config.num_hidden_layers == 1
+    assert run.final.state == "pruned"
+    from_teacher = composer.run(Recipe("t", (C.truncate(1),)))
+    assert from_teacher.steps[0].path != run.steps[0].path  # one folder per starting model
+    assert not torch.allclose(logits(run.final.model, tokenizer), logits(from_teacher.final.model, tokenizer))
+    with pytest.raises(ComposeError, match="cannot run on a runtime model|must be a PyTorch classifier"):
+        composer.run(Recipe("t", (C.truncate(1),)), start=C.steps.Artifact(None, tokenizer, "runtime"))
+    fff_start = C.steps.Artifact(model, tokenizer, "pruned")
+    with pytest.raises(ComposeError, match="FFF and pruning do not compose"):
+        composer.run(Recipe("f", (C.fff(1),)), start=fff_start)
+
+
 # ---- what does not compose ---------------------------------------------------------------------------------------
 
 

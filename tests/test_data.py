@@ -202,3 +202,38 @@ def test_malformed_file_is_a_data_error(tmp_path):
     (tmp_path / "train.tsv").write_text("sentence\tlabel\nok \t0\ntoo\tmany\tfields\n")
     with pytest.raises(DataError, match=r"train.tsv: cannot parse as TSV: .*line 3"):
         load_local(tmp_path)
+
+
+def test_holdout_is_disjoint_and_length_matched():
+    """Held-out rows drawn to look like a reference split follow its word counts; the three parts are disjoint."""
+    import numpy as np
+    from datasets import Dataset
+
+    from ufkit.data import holdout, word_counts
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(["w"] * int(n)) + f" {i}" for i, n in enumerate(rng.integers(1, 40, size=2000))]
+    ds = Dataset.from_dict({"text": texts, "label": [i % 2 for i in range(2000)]})
+    like = [" ".join(["w"] * 24)] * 50 + [" ".join(["w"] * 30)] * 50  # long sentences only
+    train, held, cal = holdout(ds, 100, 50, 500, seed=3, like=like)
+    assert (len(train), len(held), len(cal)) == (500, 100, 50)
+    assert not (set(train["text"]) & set(held["text"])) and not (set(held["text"]) & set(cal["text"]))
+    assert not (set(train["text"]) & set(cal["text"]))
+    assert word_counts(held["text"]).min() >= 24 > word_counts(train["text"]).mean()  # like: 24 and 30 words
+    again = holdout(ds, 100, 50, 500, seed=3, like=like)
+    assert again[1]["text"] == held["text"]  # seeded
+    plain = holdout(ds, 100, 0, None, seed=3)
+    assert len(plain[0]) == 1900 and len(plain[2]) == 0
+
+
+def test_holdout_errors_name_the_problem():
+    from datasets import Dataset
+
+    from ufkit.data import DataError, LabelError, holdout
+
+    ds = Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, -1]})
+    with pytest.raises(LabelError, match="unlabeled"):
+        holdout(ds, 1)
+    ds = Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 0]})
+    with pytest.raises(DataError, match="fewer than the 3 held out"):
+        holdout(ds, 2, 1)

@@ -990,31 +990,37 @@ def _parse_recipes(text: str | None):
 
 
 def _optimize_splits(task, n_train: int | None, n_heldout: int, seed: int):
-    """``(train, heldout, calibration)``: disjoint seeded parts of the training split (held-out and calibration
-    sentences first, ``n_heldout`` each; the training subset from the rest).
+    """``(train, heldout, calibration, report)``: disjoint seeded parts of the training split (held-out and
+    calibration sentences first, ``n_heldout`` each, drawn to follow the word counts of the split the results are
+    reported on, :func:`ufkit.data.holdout`; the training subset from the rest) and that labeled split (validation,
+    else test; None when there is none).
 
     Raises:
         UfkitError: no training split, unlabeled training rows, or too few rows for the held-out sets.
     """
-    import numpy as np
+    from .data import DataError, LabelError, holdout
 
     if "train" not in task.splits:
         raise UfkitError("--data has no training split: optimize trains its steps on it and keeps its budget on "
                          "held-out training sentences")
+    report = None
+    for name in ("validation", "test"):
+        if name in task.splits and len(task[name]) and min(task[name]["label"]) >= 0:
+            report = task[name]
+            break
     ds = task["train"]
-    labels = np.asarray(ds["label"])
-    if len(labels) == 0 or (labels < 0).any():
-        raise UfkitError("--data has no labels in its training split: optimize keeps its accuracy budget on "
-                         "labeled held-out training sentences")
     if len(ds) < 2 * n_heldout + 1:
         raise UfkitError(f"--n-heldout {n_heldout}: the training split has {len(ds)} sentences, fewer than the "
                          f"{2 * n_heldout} held out (held-out and calibration sentences) plus one to train on")
-    shuffled = ds.shuffle(seed=seed)
-    heldout = shuffled.select(range(n_heldout))
-    calibration = shuffled.select(range(n_heldout, 2 * n_heldout))
-    rest = shuffled.select(range(2 * n_heldout, len(ds)))
-    train = rest.select(range(min(n_train, len(rest)))) if n_train is not None else rest
-    return train, heldout, calibration
+    try:
+        train, heldout, calibration = holdout(ds, n_heldout, n_heldout, n_train, seed=seed,
+                                              like=report["text"] if report is not None else None)
+    except LabelError:
+        raise UfkitError("--data has no labels in its training split: optimize keeps its accuracy budget on "
+                         "labeled held-out training sentences") from None
+    except DataError as e:
+        raise UfkitError(f"--n-heldout {n_heldout}: {e}") from None
+    return train, heldout, calibration, report
 
 
 @app.command()
@@ -1033,8 +1039,10 @@ def optimize(
     objective: str = typer.Option("latency", help="What the chosen model is best at: latency (batch 1), "
                                   "throughput (batch 32) or size."),
     recipes: Optional[str] = typer.Option(None, "--recipes", help="Comma-separated recipes: names of the default "
-                                          "set (int8, distil3-int8, distil2-int8, prune50-int8, "
-                                          "distil3-prune50-int8, fff3-int8, exits, distil3-exits, fff3-exits; "
+                                          "set (int8, prune50-int8, prune75-int8, distil4-int8, "
+                                          "distil4-prune50-int8, distil3-int8, distil3-prune50-int8, "
+                                          "distil3-prune75-int8, distil2-int8, fff3-int8, exits, distil4-exits, "
+                                          "fff3-exits; "
                                           "default: all) or steps joined by '+', e.g. distil:3+int8."),
     resume: bool = typer.Option(False, help="Continue a search in OUTPUT: keep the measurements stored there. "
                                 "Without it OUTPUT must be new or empty. Steps are cached in ufkit's cache either way."),
@@ -1054,7 +1062,10 @@ def optimize(
     """Search composed recipes (distil, truncate, prune, FFF, early exits, quantize) under an accuracy budget and
     write the best model for the objective, with a report (chapter 7).
 
-    The budget is kept on held-out training sentences, never on the dev split it reports. Writes OUTPUT/model
+    The budget is kept on held-out training sentences, never on the dev split it reports; they are drawn to follow
+    the reported split's word counts. The teacher should not have seen them: one fine-tuned on the whole training
+    split scores them too well, and every model's drop looks larger there than on dev (chapter 7 refits its
+    teacher without them). Writes OUTPUT/model
     (loads in `ufkit evaluate` and `ufkit benchmark`), report.json (every recipe's every step's measurements, the
     Pareto front, the choice and why), report.md and pareto.png.
     """
@@ -1084,10 +1095,7 @@ def optimize(
         raise UfkitError(f"--output {str(output)!r} is not empty: pass --resume to continue the search in it, or "
                          f"choose a new folder")
     teacher, tokenizer, task = _compression_inputs(model, data, subset, text_column, label_column)
-    train, heldout, calibration = _optimize_splits(task, n_train, n_heldout, seed)
-    dev = task["validation"] if "validation" in task.splits else None
-    if dev is not None and (len(dev) == 0 or min(dev["label"]) < 0):
-        dev = None
+    train, heldout, calibration, dev = _optimize_splits(task, n_train, n_heldout, seed)
     settings = TrainSettings(epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
                              seed=seed)
     output.mkdir(parents=True, exist_ok=True)

@@ -465,6 +465,89 @@ def subset(ds, n: int | None, seed: int = 0):
     return ds.shuffle(seed=seed).select(range(n))
 
 
+def word_counts(texts: Iterable[str]):
+    """Whitespace-separated words per text, a ``numpy`` int array."""
+    import numpy as np
+
+    return np.fromiter((len(str(t).split()) for t in texts), dtype=np.int64)
+
+
+def length_matched(ds, like: Iterable[str], n: int, seed: int = 0, bins: int = 10) -> list[int]:
+    """Indices of ``n`` rows of ``ds`` drawn without replacement so that their word counts follow those of
+    ``like`` (importance resampling over ``bins`` quantile bins of ``like``'s word counts).
+
+    SST-2's training split is mostly short phrases from the treebank's parse trees (about 9 words on average),
+    its dev split whole sentences (about 19): accuracy on random training rows runs several points above dev.
+    Held-out rows drawn to look like the reported split make an accuracy budget kept on them an honest
+    estimate of the drop there. Only the texts' lengths of ``like`` are read, never its labels.
+
+    Args:
+        ds (`datasets.Dataset`): the pool, with a ``text`` column.
+        like: texts whose length distribution to follow.
+        n: rows to draw, at most the pool's size.
+        bins: quantile bins of ``like``'s word counts.
+
+    Returns:
+        ``n`` distinct row indices of ``ds``.
+
+    Raises:
+        DataError: ``n`` larger than the pool, or ``like`` empty.
+    """
+    import numpy as np
+
+    ref = word_counts(like)
+    if ref.size == 0:
+        raise DataError("length_matched: `like` holds no texts to match")
+    if not 0 <= n <= len(ds):
+        raise DataError(f"length_matched: n must be in [0, {len(ds)}] (the pool's rows), got {n}")
+    pool = word_counts(ds["text"])
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref_bin, pool_bin = np.searchsorted(edges, ref, side="right"), np.searchsorted(edges, pool, side="right")
+    k = len(edges) + 1
+    want = np.bincount(ref_bin, minlength=k) / ref.size
+    have = np.bincount(pool_bin, minlength=k).astype(float)
+    weight = np.where(have[pool_bin] > 0, want[pool_bin] / np.maximum(have[pool_bin], 1), 0.0)
+    if (weight > 0).sum() < n:  # too few rows in the reference's bins: fill from the rest, uniformly
+        weight = weight + (weight == 0) * (weight[weight > 0].min() * 1e-3 if (weight > 0).any() else 1.0)
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(len(ds), size=n, replace=False, p=weight / weight.sum()).tolist())
+
+
+def holdout(ds, n_heldout: int, n_calibration: int = 0, n_train: int | None = None, *, seed: int = 0,
+            like: Iterable[str] | None = None):
+    """Split a labeled training split into ``(train, heldout, calibration)``, disjoint.
+
+    ``heldout`` (where an accuracy budget is kept) and ``calibration`` (where a step calibrates, e.g. an exit
+    speed) are drawn first: at random, or to follow the word counts of ``like`` (:func:`length_matched`; pass
+    the texts of the split the results are reported on). ``train`` is a seeded subset of ``n_train`` of the rest
+    (all of it when None).
+
+    Raises:
+        DataError: an unlabeled row, or fewer rows than ``n_heldout + n_calibration + 1``.
+    """
+    import numpy as np
+
+    labels = np.asarray(ds["label"])
+    if len(labels) == 0 or (labels < 0).any():
+        raise LabelError("holdout: the split has unlabeled rows; held-out accuracy needs labels")
+    need = n_heldout + n_calibration
+    if len(ds) < need + 1:
+        raise DataError(f"holdout: the split has {len(ds)} rows, fewer than the {need} held out (n_heldout "
+                        f"{n_heldout} + n_calibration {n_calibration}) plus one to train on")
+    if like is None:
+        order = np.random.default_rng(seed).permutation(len(ds))
+        held = order[:need]
+    else:
+        held = np.random.default_rng(seed).permutation(length_matched(ds, like, need, seed=seed))
+    taken = np.zeros(len(ds), dtype=bool)
+    taken[held] = True
+    rest = np.random.default_rng(seed + 1).permutation(np.flatnonzero(~taken))
+    if n_train is not None:
+        rest = rest[:n_train]
+    return (ds.select(rest.tolist()), ds.select(held[:n_heldout].tolist()),
+            ds.select(held[n_heldout:].tolist()))
+
+
 # ------------------------------------------------------------------------------------------------ tokenising
 
 

@@ -53,14 +53,15 @@ deeper than its input, leaves wider than the feedforward, exits on a one-layer m
 
 from .measuring import COLUMNS, Measurer, accuracy
 from .recipe import (ACCEPTS, DEFAULT_RECIPES, STATES, STEP_KINDS, ComposeError, Recipe, Step, check_steps, distil,
-                     exits, fff, parse_recipe, parse_step, prune, quantize, truncate)
+                     exits, fff, parse_recipe, parse_step, prefix_label, prune, quantize, truncate)
 from .report import export_model, markdown_table, pareto_plot, report_dict, write_report
 from .run import Composer, RecipeRun, StepResult, run_recipe
-from .search import OBJECTIVES, SearchResult, pareto_front, search
+from .search import OBJECTIVES, SearchResult, pareto_front, search, summarize
 from .steps import Artifact, TrainSettings, apply_step, load_artifact, model_state, save_artifact
 
 __all__ = ["COLUMNS", "Measurer", "accuracy", "ACCEPTS", "DEFAULT_RECIPES", "STATES", "STEP_KINDS", "ComposeError",
-           "Recipe", "Step", "check_steps", "distil", "exits", "fff", "parse_recipe", "parse_step", "prune",
-           "quantize", "truncate", "export_model", "markdown_table", "pareto_plot", "report_dict", "write_report",
-           "Composer", "RecipeRun", "StepResult", "run_recipe", "OBJECTIVES", "SearchResult", "pareto_front",
-           "search", "Artifact", "TrainSettings", "apply_step", "load_artifact", "model_state", "save_artifact"]
+           "Recipe", "Step", "check_steps", "distil", "exits", "fff", "parse_recipe", "parse_step", "prefix_label",
+           "prune", "quantize", "truncate", "export_model", "markdown_table", "pareto_plot", "report_dict",
+           "write_report", "Composer", "RecipeRun", "StepResult", "run_recipe", "OBJECTIVES", "SearchResult",
+           "pareto_front", "search", "summarize", "Artifact", "TrainSettings", "apply_step", "load_artifact",
+           "model_state", "save_artifact"]

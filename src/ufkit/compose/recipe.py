@@ -456,21 +456,28 @@ def parse_recipe(text: str, known: dict | None = None) -> Recipe:
 
 
 def _defaults() -> dict[str, Recipe]:
+    half = dict(heads=0.5, neurons=0.5)  # chapter 3's "half width": no dev accuracy lost after recovery
     recipes = [
         Recipe("int8", (quantize(),)),  # fast-bert's answer, chapter 5's best single technique
+        Recipe("prune50-int8", (prune(**half), quantize())),
+        Recipe("prune75-int8", (prune(heads=0.75, neurons=0.75), quantize())),
+        Recipe("distil4-int8", (distil(4), quantize())),
+        Recipe("distil4-prune50-int8", (distil(4), prune(**half), quantize())),
         Recipe("distil3-int8", (distil(3), quantize())),
+        Recipe("distil3-prune50-int8", (distil(3), prune(**half), quantize())),  # bert-squeeze #49
+        Recipe("distil3-prune75-int8", (distil(3), prune(heads=0.75, neurons=0.75), quantize())),
         Recipe("distil2-int8", (distil(2), quantize())),
-        Recipe("prune50-int8", (prune(heads=0.5), quantize())),
-        Recipe("distil3-prune50-int8", (distil(3), prune(heads=0.5, neurons=0.5), quantize())),  # bert-squeeze #49
         Recipe("fff3-int8", (fff(3), quantize())),
         Recipe("exits", (exits(),)),
-        Recipe("distil3-exits", (distil(3), exits())),
+        Recipe("distil4-exits", (distil(4), exits())),
         Recipe("fff3-exits", (fff(3), exits())),
     ]
     return {r.name: r for r in recipes}
 
 
-#: The search's default recipes by name: ORT int8 alone; 3- and 2-layer students in int8; half the heads pruned
-#: in int8; distillation, pruning and int8 together (what bert-squeeze's issue #49 asks for); leaf FFF of depth 3
-#: in int8; FastBERT exits on the teacher, on the 3-layer student and on the FFF model.
+#: The search's default recipes by name: ORT int8 alone; half (and a quarter of) the heads and feedforward
+#: neurons pruned, in int8; 4-, 3- and 2-layer students in int8, the 4- and 3-layer ones also pruned to half
+#: width and the 3-layer one to a quarter (distillation, pruning and int8 together: what bert-squeeze's issue #49
+#: asks for); leaf FFF of depth 3
+#: in int8; FastBERT exits on the teacher, on the 4-layer student and on the FFF model.
 DEFAULT_RECIPES: dict[str, Recipe] = _defaults()

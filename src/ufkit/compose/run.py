@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .measuring import Measurer, accuracy
-from .recipe import ComposeError, Recipe, Step, prefix_label
+from .recipe import ComposeError, Recipe, Step, check_steps, prefix_label
 from .steps import Artifact, TrainSettings, apply_step, as_artifact, load_artifact, save_artifact
 
 #: Version of the cache recipes of :class:`Composer`; a change re-makes every step.
@@ -261,6 +261,22 @@ class Composer:
                                            0.0, self._measure(t, art_id, None))
         return self._teacher_row
 
+    def measure_model(self, artifact: Artifact, label: str, source: str = "book") -> StepResult:
+        """Measure a model made elsewhere (another chapter's) exactly as the recipes' models are measured, so that
+        it sits on the same Pareto front: same sentences, same thread count, same store.
+
+        Args:
+            artifact: the model (:func:`~ufkit.compose.steps.as_artifact`, or a loaded runtime variant).
+            label: its name in tables and plots.
+            source: what made it (a chapter), kept in the row's ``recipe`` column.
+
+        Returns:
+            a :class:`StepResult` with ``index`` 0 and no step.
+        """
+        art_id = artifact_id(artifact)
+        return StepResult(source, 0, None, label, artifact.state, artifact.num_layers, artifact.path, art_id, True,
+                          0.0, self._measure(artifact, art_id, None))
+
     def calibration_accuracy(self, artifact: Artifact, art_id: str) -> float:
         """Accuracy (%) of an artifact on the calibration sentences (kept per artifact)."""
         if art_id not in self._calibration_accuracy:
@@ -269,17 +285,18 @@ class Composer:
 
     # ------------------------------------------------------------------------------------------- running
 
-    def step_folder(self, prefix: Sequence[Step]) -> Path:
+    def step_folder(self, prefix: Sequence[Step], origin: str | None = None) -> Path:
         """The cache folder of a recipe prefix on this task: named by the prefix's labels and a hash of the
-        prefix, the teacher, the data any of its steps reads and the settings its steps use."""
-        key = {"format": FORMAT, "prefix": [s.to_dict() for s in prefix], "teacher_id": self.teacher_id,
+        prefix, the model it starts from (``origin``: a fingerprint; default the teacher), the data any of its
+        steps reads and the settings its steps use."""
+        key = {"format": FORMAT, "prefix": [s.to_dict() for s in prefix], "teacher_id": origin or self.teacher_id,
                "train_id": self.ids["train"] if any(s.uses_train() for s in prefix) else None,
                "calibration_id": self.ids["calibration"] if any(s.uses_calibration() for s in prefix) else None,
                "settings": [step_settings(s, self.settings) for s in prefix]}
         return self.cache_dir / f"{_slug(prefix)}-{_hash(key)[:12]}"
 
     def run(self, recipe: Recipe, *, on_step: Callable[[StepResult], None] | None = None,
-            errors: str = "raise") -> RecipeRun:
+            errors: str = "raise", start: Artifact | None = None, start_label: str = "start") -> RecipeRun:
         """Run a recipe: every step loaded from its cache folder when current, else made and cached; every model
         measured.
 
@@ -288,6 +305,9 @@ class Composer:
             on_step: called with each :class:`StepResult` as it is measured (progress bars).
             errors: ``"raise"`` a :class:`ComposeError` of a step, or ``"record"`` it in the result's ``error``
                 and return the steps before it.
+            start: the model the recipe starts from (default: the teacher), e.g. another chapter's student; the
+                steps' distillations still learn from their input, the budget still counts from the teacher.
+            start_label: how labels name ``start`` (``start_label → int8``).
 
         Returns:
             :class:`RecipeRun`.
@@ -301,6 +321,14 @@ class Composer:
             raise ComposeError(f"errors must be 'raise' or 'record', got {errors!r}")
         teacher_row = self.teacher_measurement()
         current, current_id, before = self.teacher, teacher_row.artifact_id, teacher_row.measurement
+        origin, origin_fp = self.teacher, self.teacher_id
+        if start is not None:
+            if start.state not in ("dense", "pruned", "fff"):
+                raise ComposeError(f"start must be a PyTorch classifier (dense, pruned or fff), got a {start.state} "
+                                   "model")
+            current_id = artifact_id(start)
+            current, before, origin, origin_fp = start, self._measure(start, current_id, None), start, current_id
+        check_steps(recipe.steps, start=current.state)
         out = RecipeRun(recipe)
         for i, step in enumerate(recipe.steps):
             prefix = recipe.steps[:i + 1]
@@ -310,8 +338,8 @@ class Composer:
                     lost = (self.calibration_accuracy(self.teacher, teacher_row.artifact_id)
                             - self.calibration_accuracy(current, current_id))
                     budget_left = round(max(0.0, self.budget - lost), 6)
-                input_fp = self.teacher_id if current is self.teacher else fingerprint_model(current.model)
-                folder = self.step_folder(prefix)
+                input_fp = origin_fp if current is origin else fingerprint_model(current.model)
+                folder = self.step_folder(prefix, None if start is None else origin_fp)
                 cache_recipe = {"format": FORMAT, "prefix": [s.to_dict() for s in prefix], "input_id": input_fp,
                                 "settings": step_settings(step, self.settings),
                                 "train_id": self.ids["train"] if step.uses_train() else None,
@@ -345,7 +373,8 @@ class Composer:
                 measurement = self._measure(art, art_id, before)
                 if art.state == "exits":
                     measurement["speed"] = art.speed
-                result = StepResult(recipe.name, i + 1, step, prefix_label(prefix), art.state, art.num_layers,
+                label = prefix_label(prefix) if start is None else f"{start_label} → {prefix_label(prefix)}"
+                result = StepResult(recipe.name, i + 1, step, label, art.state, art.num_layers,
                                     folder, art_id, "artifact" not in made, float(info.get("seconds", 0.0)),
                                     measurement, {k: v for k, v in info.items() if k not in ("recipe", "machine")})
             except ComposeError as e:
