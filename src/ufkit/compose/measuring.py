@@ -117,10 +117,14 @@ class _replaced:
 
 def size_mb(artifact) -> float:
     """Size in MB (10^6 bytes): a PyTorch model's parameters and buffers, an early-exit model's with its branches,
-    a runtime variant's weight files (``*.onnx``, ``*.onnx.data``, ``*.safetensors``; not its tokenizer)."""
+    a runtime variant's files as the runtime counts them (its ``size_mb``), else its weight files (``*.onnx``,
+    ``*.onnx.data``, ``*.safetensors``; not its tokenizer)."""
     from ..measure import model_size_mb
 
     if artifact.state == "runtime":
+        own = getattr(artifact.model, "size_mb", None)  # ONNX Runtime, OpenVINO and CTranslate2 know their files
+        if own is not None:
+            return float(own() if callable(own) else own)
         files = [f for pat in ("*.onnx", "*.onnx.data", "*.safetensors") for f in Path(artifact.path).glob(pat)]
         return sum(f.stat().st_size for f in files) / 1e6
     return model_size_mb(artifact.model)
