@@ -389,13 +389,15 @@ if len(duel):
     put("n_ch4_wins", int(counts.get("chapter 4", 0)))
     put("n_ch3_wins", int(counts.get("chapter 3", 0)))
     put("duel_table", duel.round(2))
+    put("n_nas_front", int(every.loc[nas8.index, "dev_front"].sum()))
+    put("n_ch3_front", int(every.loc[ch3_8.index, "dev_front"].sum()))
     best4 = nas8.sort_values("dev_accuracy").iloc[-1]
     put("best_nas_label", best4["from"])
     put("best_nas_dev", best4["dev_accuracy"])
     put("best_nas_ms", best4["latency_ms"])
 else:
     print("chapter 4's distilled models or chapter 3's students are not in the cache")
-    for key in ("n_duels", "n_ch4_wins", "n_ch3_wins"):
+    for key in ("n_duels", "n_ch4_wins", "n_ch3_wins", "n_nas_front", "n_ch3_front"):
         put(key, 0)
     put("duel_table", pd.DataFrame())
     put("best_nas_label", "none")
