@@ -998,7 +998,7 @@ def _optimize_splits(task, n_train: int | None, n_heldout: int, seed: int):
     Raises:
         UfkitError: no training split, unlabeled training rows, or too few rows for the held-out sets.
     """
-    from .data import DataError, LabelError, holdout
+    from .data import LabelError, holdout
 
     if "train" not in task.splits:
         raise UfkitError("--data has no training split: optimize trains its steps on it and keeps its budget on "
@@ -1018,8 +1018,6 @@ def _optimize_splits(task, n_train: int | None, n_heldout: int, seed: int):
     except LabelError:
         raise UfkitError("--data has no labels in its training split: optimize keeps its accuracy budget on "
                          "labeled held-out training sentences") from None
-    except DataError as e:
-        raise UfkitError(f"--n-heldout {n_heldout}: {e}") from None
     return train, heldout, calibration, report
 
 

@@ -506,7 +506,7 @@ def length_matched(ds, like: Iterable[str], n: int, seed: int = 0, bins: int = 1
     k = len(edges) + 1
     want = np.bincount(ref_bin, minlength=k) / ref.size
     have = np.bincount(pool_bin, minlength=k).astype(float)
-    weight = np.where(have[pool_bin] > 0, want[pool_bin] / np.maximum(have[pool_bin], 1), 0.0)
+    weight = want[pool_bin] / have[pool_bin]  # every pool row's bin holds at least that row
     if (weight > 0).sum() < n:  # too few rows in the reference's bins: fill from the rest, uniformly
         weight = weight + (weight == 0) * (weight[weight > 0].min() * 1e-3 if (weight > 0).any() else 1.0)
     rng = np.random.default_rng(seed)

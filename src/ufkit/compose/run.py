@@ -326,8 +326,9 @@ class Composer:
             if start.state not in ("dense", "pruned", "fff"):
                 raise ComposeError(f"start must be a PyTorch classifier (dense, pruned or fff), got a {start.state} "
                                    "model")
-            current_id = artifact_id(start)
-            current, before, origin, origin_fp = start, self._measure(start, current_id, None), start, current_id
+            row = self.measure_model(start, start_label)
+            current, current_id, before = start, row.artifact_id, row.measurement
+            origin, origin_fp = start, row.artifact_id
         check_steps(recipe.steps, start=current.state)
         out = RecipeRun(recipe)
         for i, step in enumerate(recipe.steps):
@@ -339,7 +340,7 @@ class Composer:
                             - self.calibration_accuracy(current, current_id))
                     budget_left = round(max(0.0, self.budget - lost), 6)
                 input_fp = origin_fp if current is origin else fingerprint_model(current.model)
-                folder = self.step_folder(prefix, None if start is None else origin_fp)
+                folder = self.step_folder(prefix, origin_fp)
                 cache_recipe = {"format": FORMAT, "prefix": [s.to_dict() for s in prefix], "input_id": input_fp,
                                 "settings": step_settings(step, self.settings),
                                 "train_id": self.ids["train"] if step.uses_train() else None,
